@@ -1,0 +1,161 @@
+r"""Distill a teacher into a student from a named recipe.
+
+The main job of the README: with no flags it runs the `cpu_smoke` recipe
+(resnet20 -> resnet8 with KD, a short schedule) on the CIFAR-100 copy in
+`../shared/data`, or, when there is none, on a small generated dataset (and
+says so). Without `--teacher_weights` the teacher is first trained for
+`--teacher_epochs` on the same data, so the job runs on a fresh machine.
+
+Examples:
+
+    python experiments/distill.py
+    python experiments/distill.py --recipe=resnet32x4-resnet8x4-kd \
+        --teacher_weights=teacher.weights.h5 --epochs=240
+    python experiments/distill.py --override=terms.kd.temperature=2 \
+        --override=optimizer.learning_rate=0.1
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from keras_semkd import configs  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("recipe", "cpu_smoke", "Registered recipe name.")
+flags.DEFINE_string("method", None,
+                    "With --teacher/--student: a method of "
+                    "keras_semkd.configs.METHODS instead of --recipe.")
+flags.DEFINE_string("teacher", None, "Teacher model name (with --method).")
+flags.DEFINE_string("student", None, "Student model name (with --method).")
+flags.DEFINE_integer("epochs", None, "Override the recipe's epochs.")
+flags.DEFINE_integer("batch_size", None, "Override the batch size.")
+flags.DEFINE_integer("limit_train", None,
+                     "Use at most this many training images per epoch.")
+flags.DEFINE_integer("limit_eval", None,
+                     "Evaluate on at most this many test images.")
+flags.DEFINE_string("dataset", None,
+                    "cifar100 | cinic10 | image_folder | synthetic. Default: "
+                    "the recipe's; cifar100 falls back to synthetic when no "
+                    "local copy exists.")
+flags.DEFINE_string("data_dir", None, "Dataset location.")
+flags.DEFINE_string("teacher_weights", None,
+                    "Trained teacher weights (.weights.h5 or .keras).")
+flags.DEFINE_integer("teacher_epochs", 2,
+                     "Without --teacher_weights: epochs to train the teacher "
+                     "first (a quick teacher, reported as such).")
+flags.DEFINE_multi_string("override", [],
+                          "Dotted config overrides, e.g. "
+                          "optimizer.learning_rate=0.1 or "
+                          "terms.kd.temperature=2 (values parsed as JSON).")
+flags.DEFINE_string("output_dir", "runs",
+                    "Reports are written to <output_dir>/<recipe>/.")
+flags.DEFINE_integer("seed", None, "Override the seed.")
+flags.DEFINE_integer("verbose", 1, "Keras verbosity (0, 1 bar, 2 lines).")
+
+
+def _parse_value(text):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def resolve_recipe():
+    if FLAGS.method:
+        if not (FLAGS.teacher and FLAGS.student):
+            raise app.UsageError("--method needs --teacher and --student.")
+        recipe = configs.make_recipe(FLAGS.teacher, FLAGS.student,
+                                     FLAGS.method)
+    else:
+        recipe = configs.get(FLAGS.recipe)
+    changes = {}
+    for item in FLAGS.override:
+        if "=" not in item:
+            raise app.UsageError(
+                f"--override needs key=value. Received: {item!r}"
+            )
+        key, value = item.split("=", 1)
+        changes[key.strip()] = _parse_value(value)
+    for flag, key in (("epochs", "epochs"), ("seed", "seed"),
+                      ("batch_size", "data.batch_size"),
+                      ("limit_train", "data.limit_train"),
+                      ("limit_eval", "data.limit_eval"),
+                      ("dataset", "data.dataset"),
+                      ("data_dir", "data.data_dir"),
+                      ("teacher_weights", "teacher_weights")):
+        value = getattr(FLAGS, flag)
+        if value is not None:
+            changes[key] = value
+    recipe = recipe.override(**changes) if changes else recipe
+    return _with_available_data(recipe)
+
+
+def _with_available_data(recipe):
+    """CIFAR-100 without a local copy -> the generated dataset, loudly."""
+    from keras_semkd import data as data_lib
+
+    if recipe.data.dataset != "cifar100" or recipe.data.data_dir:
+        return recipe
+    if data_lib.default_cifar100_dir() is not None:
+        return recipe
+    logging.warning(
+        "No CIFAR-100 copy found (looked in %s). Running on a small "
+        "GENERATED dataset instead: accuracies are not CIFAR-100 numbers.",
+        ", ".join(str(p) for p in data_lib.paths.data_search_paths()),
+    )
+    info = data_lib.load_synthetic("train")[2]
+    return recipe.override(**{"data.dataset": "synthetic",
+                              "num_classes": info.num_classes,
+                              "data.limit_train": None,
+                              "data.limit_eval": None})
+
+
+def main(argv):
+    del argv
+    from keras_semkd import training
+
+    recipe = resolve_recipe()
+    run_dir = os.path.join(FLAGS.output_dir, recipe.name)
+    os.makedirs(run_dir, exist_ok=True)
+    logging.info("Recipe:\n%s", recipe.to_json())
+    teacher = None
+    if recipe.teacher and not recipe.teacher_weights:
+        teacher_recipe = configs.Recipe(
+            name=f"{recipe.name}-teacher", student=recipe.teacher,
+            epochs=FLAGS.teacher_epochs, optimizer=recipe.optimizer.__class__(
+                learning_rate=0.05, milestones=()),
+            data=recipe.data, num_classes=recipe.num_classes,
+            seed=recipe.seed,
+        )
+        logging.info("No --teacher_weights: training a quick %s teacher for "
+                     "%d epoch(s) first.", recipe.teacher,
+                     FLAGS.teacher_epochs)
+        t_result = training.train(teacher_recipe, verbose=FLAGS.verbose)
+        teacher = t_result["student"]
+        training.write_report(t_result, teacher_recipe,
+                              os.path.join(run_dir, "teacher_report.json"))
+        teacher.save_weights(os.path.join(run_dir, "teacher.weights.h5"))
+        print(f"teacher {recipe.teacher}: test top-1 "
+              f"{t_result['test']['top1']:.4f}")
+    result = training.train(recipe, teacher=teacher, verbose=FLAGS.verbose)
+    report = training.write_report(result, recipe,
+                                   os.path.join(run_dir, "report.json"))
+    result["student"].save(os.path.join(run_dir, "student.keras"))
+    data_note = (" (GENERATED data, not CIFAR-100)"
+                 if report["data"].get("is_generated") else "")
+    print(f"{recipe.name}: student {recipe.student} test top-1 "
+          f"{result['test']['top1']:.4f} (best {result['best_top1']:.4f}), "
+          f"top-5 {result['test']['top5']:.4f} after {recipe.epochs} "
+          f"epoch(s), {result['seconds']:.0f}s{data_note}")
+    print(f"report: {os.path.join(run_dir, 'report.json')}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,132 @@
+"""Named experiments (recipes): the CIFAR-100 protocol for every standard
+teacher/student pair and method, plus short GPU and CPU smoke variants.
+
+Names: `"<teacher>-<student>-<method>"` (e.g. `"resnet32x4-resnet8x4-kd"`),
+`"teacher-<model>"` for teacher training, `"cpu_smoke"`. `get(name)`
+returns a frozen `Recipe`; `names()` lists them.
+"""
+
+from keras_semkd.configs.experiment import DataConfig
+from keras_semkd.configs.experiment import OptimizerConfig
+from keras_semkd.configs.experiment import Recipe
+from keras_semkd.configs.experiment import Term
+from keras_semkd.registry import Registry
+
+RECIPES = Registry("recipe")
+
+#: The 13 teacher -> student pairs of the CIFAR-100 benchmark (RepDistiller).
+STANDARD_PAIRS = (
+    ("resnet56", "resnet20"),
+    ("resnet110", "resnet20"),
+    ("resnet110", "resnet32"),
+    ("resnet32x4", "resnet8x4"),
+    ("wrn_40_2", "wrn_16_2"),
+    ("wrn_40_2", "wrn_40_1"),
+    ("vgg13", "vgg8"),
+    ("vgg13", "MobileNetV2"),
+    ("ResNet50", "MobileNetV2"),
+    ("ResNet50", "vgg8"),
+    ("resnet32x4", "ShuffleV1"),
+    ("resnet32x4", "ShuffleV2"),
+    ("wrn_40_2", "ShuffleV1"),
+)
+
+#: Students trained with lr 0.01 in the protocol (RepDistiller).
+LOW_LR_STUDENTS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
+
+#: method -> (student loss weight, terms). Weights and hyperparameters are
+#: RepDistiller's / mdistiller's CIFAR-100 defaults (docs/method.md).
+METHODS = {
+    "student": (1.0, ()),
+    "kd": (0.1, (Term("kd", 0.9, {"temperature": 4.0}),)),
+}
+
+
+def register_method(name, student_loss_weight, terms):
+    """Adds a method to `METHODS` (used by loss modules' recipes)."""
+    if name in METHODS:
+        raise ValueError(f"Method {name!r} is already declared.")
+    METHODS[name] = (student_loss_weight, tuple(terms))
+
+
+def protocol_optimizer(student):
+    lr = 0.01 if student in LOW_LR_STUDENTS else 0.05
+    return OptimizerConfig(learning_rate=lr)
+
+
+def make_recipe(teacher, student, method, **overrides):
+    """The standard-protocol recipe of `method` for a pair."""
+    if method not in METHODS:
+        raise KeyError(
+            f"Unknown method {method!r}. Known methods: "
+            f"{', '.join(sorted(METHODS))}"
+        )
+    weight, terms = METHODS[method]
+    fields = dict(
+        name=f"{teacher}-{student}-{method}",
+        teacher=None if method == "student" else teacher,
+        student=student,
+        terms=terms,
+        student_loss_weight=weight,
+        optimizer=protocol_optimizer(student),
+    )
+    fields.update(overrides)
+    return Recipe(**fields)
+
+
+def get(name):
+    """Returns the recipe registered as `name` (built lazily, so methods
+    declared after import are included)."""
+    _register_all()
+    return RECIPES.get(name)()
+
+
+def names():
+    _register_all()
+    return RECIPES.names()
+
+
+_REGISTERED = set()
+
+
+def _register_all():
+    for teacher, student in STANDARD_PAIRS:
+        for method in METHODS:
+            key = f"{teacher}-{student}-{method}"
+            if key in _REGISTERED:
+                continue
+            RECIPES.register(
+                key,
+                lambda t=teacher, s=student, m=method: make_recipe(t, s, m),
+            )
+            _REGISTERED.add(key)
+    for model in sorted({m for pair in STANDARD_PAIRS for m in pair}):
+        key = f"teacher-{model}"
+        if key not in _REGISTERED:
+            RECIPES.register(
+                key,
+                lambda m=model: Recipe(
+                    name=f"teacher-{m}", student=m,
+                    optimizer=protocol_optimizer(m),
+                ),
+            )
+            _REGISTERED.add(key)
+    if "cpu_smoke" not in _REGISTERED:
+        RECIPES.register("cpu_smoke", _cpu_smoke)
+        _REGISTERED.add("cpu_smoke")
+
+
+def _cpu_smoke():
+    """Minutes on 2 CPU cores: resnet20 -> resnet8, KD, one epoch on a
+    5,000-image slice of CIFAR-100 (the teacher is trained first by the
+    script when no weights are given)."""
+    return Recipe(
+        name="cpu_smoke",
+        teacher="resnet20",
+        student="resnet8",
+        terms=METHODS["kd"][1],
+        student_loss_weight=METHODS["kd"][0],
+        epochs=1,
+        optimizer=OptimizerConfig(learning_rate=0.05, milestones=()),
+        data=DataConfig(batch_size=64, limit_train=5000, limit_eval=2000),
+    )

@@ -1,0 +1,134 @@
+"""Turns declared recipes into models and a `Distiller`.
+
+Resolves the feature selectors of `keras_semkd.configs.experiment` against
+the stage features of the concrete teacher and student, so one method
+declaration fits every pair of the model zoo.
+"""
+
+import keras
+
+from keras_semkd import models as zoo
+from keras_semkd.configs import experiment
+from keras_semkd.distillers.distiller import Distiller
+
+
+def _stage_keys(model, preact=False):
+    keys = zoo.feature_keys(model, preact=preact)
+    if not keys:
+        raise ValueError(f"Model {model.name!r} has no stage features.")
+    return list(keys)
+
+
+def _select(selector, model):
+    """Returns the list of output keys a selector stands for."""
+    outputs = set(model.output)
+    if selector == "@stages":
+        return _stage_keys(model)
+    if selector == "@stages_preact":
+        return _stage_keys(model, preact=True)
+    if selector == "@last_stage":
+        return _stage_keys(model)[-1:]
+    if selector == "@last_stage_preact":
+        return _stage_keys(model, preact=True)[-1:]
+    if selector == "@hint":
+        stages = _stage_keys(model)
+        # RepDistiller's hint_layer=2 is feat[2] = the second stage map.
+        return [stages[1] if len(stages) > 1 else stages[0]]
+    if selector.startswith("@"):
+        raise ValueError(
+            f"Unknown feature selector {selector!r}. Known selectors: "
+            f"{', '.join(experiment.SELECTORS)}"
+        )
+    if selector not in outputs:
+        raise ValueError(
+            f"Model {model.name!r} has no output {selector!r}. Available "
+            f"outputs: {sorted(outputs)}"
+        )
+    return [selector]
+
+
+def _resolve_keys(spec, model):
+    if spec is None:
+        return None
+    items = [spec] if isinstance(spec, str) else list(spec)
+    keys = []
+    for item in items:
+        keys.extend(_select(item, model))
+    return keys
+
+
+def resolve_terms(terms, teacher, student):
+    """Resolves selectors in a list of term dicts for a teacher/student.
+
+    Teacher and student key lists produced by list-valued selectors are
+    paired from the first element and truncated to the shorter one.
+    """
+    resolved = []
+    for term in terms:
+        term = dict(term.to_dict() if isinstance(term, experiment.Term)
+                    else term)
+        t = _resolve_keys(term.get("teacher_keys"), teacher)
+        s = _resolve_keys(term.get("student_keys", term.get("teacher_keys")),
+                          student)
+        if t is not None:
+            if s is not None and len(t) != len(s):
+                n = min(len(t), len(s))
+                t, s = t[:n], s[:n]
+            term["teacher_keys"] = t
+            term["student_keys"] = s
+        resolved.append(term)
+    return resolved
+
+
+def build_model(name, num_classes, weight_decay=0.0, input_shape=(32, 32, 3)):
+    """A zoo model with PyTorch-style coupled weight decay."""
+    return zoo.get(name, num_classes=num_classes, input_shape=input_shape,
+                   weight_decay=weight_decay)
+
+
+def build_distiller(recipe, teacher=None, student=None,
+                    input_shape=(32, 32, 3)):
+    """Builds (or reuses) teacher and student and the recipe's Distiller.
+
+    Args:
+        recipe: a `Recipe` with a teacher.
+        teacher: an already built (trained) teacher; built from the recipe
+            (and `recipe.teacher_weights`, if set) otherwise.
+        student: an already built student; built from the recipe otherwise.
+        input_shape: image shape of the data.
+    """
+    if recipe.teacher is None and teacher is None:
+        raise ValueError(
+            f"Recipe {recipe.name!r} has no teacher: train the student "
+            "alone with keras_semkd.training instead."
+        )
+    if teacher is None:
+        teacher = build_model(recipe.teacher, recipe.num_classes,
+                              input_shape=input_shape)
+        if recipe.teacher_weights:
+            teacher.load_weights(recipe.teacher_weights)
+    if student is None:
+        student = build_model(recipe.student, recipe.num_classes,
+                              recipe.optimizer.weight_decay,
+                              input_shape=input_shape)
+    terms = resolve_terms(recipe.terms, teacher, student)
+    return Distiller(
+        teacher, student, distillation_losses=terms,
+        student_loss_weight=recipe.student_loss_weight,
+        name=f"distiller_{recipe.name}",
+    )
+
+
+def sgd_optimizer(config, steps_per_epoch):
+    """SGD + momentum with the protocol's step decay at epoch milestones."""
+    boundaries = [int(m * steps_per_epoch) for m in config.milestones]
+    if boundaries:
+        values = [config.learning_rate * config.decay_rate**i
+                  for i in range(len(boundaries) + 1)]
+        lr = keras.optimizers.schedules.PiecewiseConstantDecay(
+            boundaries, values
+        )
+    else:
+        lr = config.learning_rate
+    return keras.optimizers.SGD(learning_rate=lr, momentum=config.momentum,
+                                nesterov=config.nesterov)

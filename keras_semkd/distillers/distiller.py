@@ -1,0 +1,591 @@
+"""The `Distiller`: a Keras model that trains a student against a frozen teacher.
+
+The objective is data, not code::
+
+    L = w_s · 1/B Σ_b ℓ(y_b, z_s,b)                  (student loss, compile())
+      + Σ_i w_i · 1/B Σ_b L_i(t_b, s_b)            (per-example distill terms)
+      + Σ_j w_j · L_j(T, S)                        (batch-level distill terms)
+      + Σ regularization losses of the student
+
+where each `L_i` is a registered `DistillationLoss` reading named outputs of
+the teacher and of the student.  The trainer never special-cases a method by
+name.
+
+Distribution: per-example values are reduced to a mean over the *replica*
+batch and then scaled by `1 / num_replicas_in_sync` (the same rule Keras uses
+for its own losses), so the gradient summed over replicas equals the
+gradient of the global-batch mean: one replica and two replicas give the same
+update for the same global batch.  Batch-level terms (relations inside a
+batch) are scaled the same way.
+"""
+
+import keras
+from keras import ops
+from keras import tree
+from keras.src.losses.loss import scale_loss_for_distribution
+from keras.src.trainers.data_adapters import data_adapter_utils
+
+from keras_semkd.losses import base as losses_base
+
+
+def _output_shapes(model, role):
+    """Returns {key: shape} of a model whose output is a dict."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"The {role} must be a keras.Model. "
+            f"Received: {role}={model!r} of type {type(model).__name__}"
+        )
+    try:
+        outputs = model.output
+    except (AttributeError, ValueError):
+        outputs = None
+    if outputs is None:
+        try:
+            spec = keras.KerasTensor((None,) + tuple(model.input_shape[1:]))
+            outputs = model.compute_output_spec(spec)
+        except Exception as e:  # noqa: BLE001 - re-raised with context
+            raise ValueError(
+                f"Could not infer the outputs of the {role} "
+                f"{model.name!r}: build it (or use a functional model) "
+                f"first. Underlying error: {e}"
+            ) from e
+    if not isinstance(outputs, dict):
+        raise ValueError(
+            f"The {role} must return a dict of named outputs (logits and "
+            f"stage features), e.g. a model from keras_semkd.models.get(). "
+            f"Received: {role} {model.name!r} with output "
+            f"{tree.map_structure(lambda t: t.shape, outputs)}"
+        )
+    return {k: tuple(v.shape) for k, v in outputs.items()}
+
+
+def _student_loss_fn(loss):
+    """Resolves the student loss into a per-example function."""
+    if loss is None or loss in (
+        "sparse_categorical_crossentropy",
+        "SparseCategoricalCrossentropy",
+    ):
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    elif isinstance(loss, str):
+        loss = keras.losses.get(loss)
+    if isinstance(loss, keras.losses.Loss):
+        return loss, loss.call
+    if callable(loss):
+        return loss, loss
+    raise TypeError(
+        "The student loss must be a keras Loss, a callable or a name. "
+        f"Received: loss={loss!r}"
+    )
+
+
+class _EpochToLosses(keras.callbacks.Callback):
+    """Tells each distillation term the epoch (for warm-up schedules)."""
+
+    def __init__(self, distiller):
+        super().__init__()
+        self._distiller = distiller
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for term in self._distiller.distillation_terms:
+            term.set_epoch(epoch)
+
+
+@keras.saving.register_keras_serializable(package="keras_semkd")
+class Distiller(keras.Model):
+    """Distills a frozen teacher into a student.
+
+    Both models return a dict of named outputs: `"logits"` plus stage
+    features (`"stage1"`, ...), as built by `keras_semkd.models.get`.
+
+    Args:
+        teacher: trained `keras.Model`; frozen (`trainable = False`) and always
+            run with `training=False`, outside the gradient computation.
+        student: `keras.Model` to train.
+        distillation_losses: the distillation terms, as data. Any of
+            - a dict `{"kd": 0.9}` (name -> weight, default arguments),
+            - a list of `{"name": "kd", "weight": 0.9, **loss_kwargs}`,
+            - a list of `(loss, weight)` with `loss` a name, config dict or
+              `DistillationLoss` instance.
+        student_loss_weight: weight `w_s` of the student's own loss
+            (RepDistiller's gamma).
+        logits_key: the output key holding the logits in both models.
+        **kwargs: `keras.Model` arguments (`name`, ...).
+
+    `compile()` keeps Keras' signature; its `loss` is the student loss on
+    the student's logits (default: sparse categorical cross-entropy from
+    logits) and its `metrics` are computed on the student's logits.
+
+    Logged keys: `loss` (the full objective), `student_loss`,
+    `distill/<term name>` for every term, and the compiled metrics.
+    """
+
+    def __init__(
+        self,
+        teacher,
+        student,
+        distillation_losses=None,
+        student_loss_weight=1.0,
+        logits_key="logits",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.logits_key = logits_key
+        self.student_loss_weight = float(student_loss_weight)
+        teacher_shapes = _output_shapes(teacher, "teacher")
+        student_shapes = _output_shapes(student, "student")
+        for role, shapes in (
+            ("teacher", teacher_shapes),
+            ("student", student_shapes),
+        ):
+            if logits_key not in shapes:
+                raise ValueError(
+                    f"The {role} has no {logits_key!r} output. Available "
+                    f"outputs: {sorted(shapes)}"
+                )
+        t_classes = teacher_shapes[logits_key][-1]
+        s_classes = student_shapes[logits_key][-1]
+        if t_classes != s_classes:
+            raise ValueError(
+                "Teacher and student must predict the same number of "
+                f"classes. Received: teacher {teacher.name!r} has "
+                f"{t_classes} classes, student {student.name!r} has "
+                f"{s_classes}."
+            )
+        self.num_classes = int(s_classes)
+        t_in = tuple(teacher.input_shape[1:])
+        s_in = tuple(student.input_shape[1:])
+        if t_in != s_in:
+            raise ValueError(
+                "Teacher and student must take the same input shape. "
+                f"Received: teacher input {t_in}, student input {s_in}."
+            )
+        self.input_spec_shape = s_in
+
+        self.teacher = teacher
+        self.teacher.trainable = False
+        self.student = student
+
+        terms, weights = self._parse_terms(distillation_losses)
+        used = set()
+        for term in terms:
+            term.check_specs(teacher_shapes, student_shapes)
+            if term.name in used:
+                raise ValueError(
+                    f"Two distillation terms are named {term.name!r}; give "
+                    "them distinct `name`s so their logs stay apart."
+                )
+            used.add(term.name)
+            term.build_from_specs(
+                {k: teacher_shapes[k] for k in term.teacher_keys},
+                {k: student_shapes[k] for k in term.student_keys},
+            )
+        self.distillation_terms = terms
+        self.distillation_weights = weights
+
+        self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
+        self.term_trackers = [
+            keras.metrics.Mean(name=f"distill/{t.name}") for t in terms
+        ]
+        self._student_loss, self._student_loss_call = _student_loss_fn(None)
+        self.built = True
+
+    # -- declaration -------------------------------------------------------
+    @staticmethod
+    def _parse_terms(spec):
+        if spec is None:
+            return [], []
+        items = []
+        if isinstance(spec, dict):
+            items = [(name, weight) for name, weight in spec.items()]
+        elif isinstance(spec, (list, tuple)):
+            for item in spec:
+                if isinstance(item, dict):
+                    config = dict(item)
+                    if "weight" not in config:
+                        raise ValueError(
+                            "Each distillation term dict needs a 'weight'. "
+                            f"Received: {item}"
+                        )
+                    weight = config.pop("weight")
+                    if "loss" in config:
+                        items.append((config["loss"], weight))
+                    else:
+                        items.append((config, weight))
+                elif isinstance(item, (list, tuple)) and len(item) == 2:
+                    items.append(tuple(item))
+                else:
+                    raise ValueError(
+                        "A distillation term is a dict with 'name' and "
+                        "'weight', or a (loss, weight) pair. "
+                        f"Received: {item!r}"
+                    )
+        else:
+            raise TypeError(
+                "distillation_losses must be a dict name -> weight or a "
+                f"list of terms. Received: {spec!r}"
+            )
+        terms, weights = [], []
+        for loss, weight in items:
+            if isinstance(loss, dict) and "class_name" in loss:
+                term = keras.saving.deserialize_keras_object(loss)
+            else:
+                term = losses_base.get(loss)
+            if not isinstance(term, losses_base.DistillationLoss):
+                raise TypeError(
+                    "Distillation terms must be DistillationLoss instances. "
+                    f"Received: {term!r}"
+                )
+            try:
+                weight = float(weight)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"The weight of term {term.name!r} must be a number. "
+                    f"Received: weight={weight!r}"
+                ) from None
+            terms.append(term)
+            weights.append(weight)
+        return terms, weights
+
+    # -- Keras model API ---------------------------------------------------
+    def call(self, inputs, training=False):
+        return self.student(inputs, training=training)
+
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
+        """Standard `Model.compile`; `loss` is the student loss on logits."""
+        self._student_loss, self._student_loss_call = _student_loss_fn(loss)
+        self._student_loss_config = (
+            None if loss is None else keras.saving.serialize_keras_object(loss)
+        )
+        super().compile(optimizer=optimizer, loss=None, metrics=metrics,
+                        **kwargs)
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config and getattr(self, "_student_loss_config", None):
+            config["loss"] = self._student_loss_config
+        return config
+
+    def compile_from_config(self, config):
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        if isinstance(y_pred, dict):
+            y_pred = y_pred[self.logits_key]
+        return super().compute_metrics(x, y, y_pred, sample_weight)
+
+    # -- the shared, backend-agnostic objective ----------------------------
+    def compute_distillation_loss(
+        self, teacher_outputs, student_outputs, y, sample_weight=None,
+        training=False,
+    ):
+        """Returns `(loss, values)`.
+
+        `loss` is the per-replica objective (global-batch mean on one
+        replica); `values` maps `"student_loss"` and every
+        `"distill/<name>"` to its batch value (before weighting).
+        """
+        logits = ops.cast(student_outputs[self.logits_key], "float32")
+        y, indices = self._split_targets(y)
+        ce = ops.cast(self._student_loss_call(y, logits), "float32")
+        if sample_weight is not None:
+            sw = ops.cast(ops.reshape(sample_weight, (-1,)), "float32")
+            ce = ce * sw
+        else:
+            sw = None
+        per_example = self.student_loss_weight * ce
+        batch_total = 0.0
+        values = {"student_loss": ops.mean(ce)}
+        for term, weight in zip(
+            self.distillation_terms, self.distillation_weights
+        ):
+            t = [teacher_outputs[k] for k in term.teacher_keys]
+            s = [student_outputs[k] for k in term.student_keys]
+            v = term(t, s, labels=y, training=training, indices=indices)
+            v = ops.cast(v, "float32")
+            if term.reduction == "per_example":
+                if sw is not None:
+                    v = v * sw
+                per_example = per_example + weight * v
+                values[f"distill/{term.name}"] = ops.mean(v)
+            else:
+                batch_total = batch_total + weight * v
+                values[f"distill/{term.name}"] = v
+        loss = ops.mean(per_example) + batch_total
+        reg = [ops.cast(r, "float32") for r in self.student.losses]
+        for term in self.distillation_terms:
+            reg.extend(ops.cast(r, "float32") for r in term.losses)
+        if reg:
+            loss = loss + ops.sum(ops.stack([ops.sum(r) for r in reg]))
+        return loss, values
+
+    def _split_targets(self, y):
+        """Targets are labels, or a dict `{"label": ..., "index": ...}`."""
+        indices = None
+        if isinstance(y, dict):
+            indices = y.get("index")
+            y = y["label"]
+        y = ops.convert_to_tensor(y)
+        if len(y.shape) == 2 and y.shape[-1] == 1:
+            y = ops.squeeze(y, axis=-1)
+        return y, indices
+
+    def _update_trackers(self, loss, values, x, y, logits, sample_weight):
+        y, _ = self._split_targets(y)
+        batch = ops.shape(y)[0]
+        self._loss_tracker.update_state(loss, sample_weight=batch)
+        self.student_loss_tracker.update_state(
+            values["student_loss"], sample_weight=batch
+        )
+        for term, tracker in zip(self.distillation_terms, self.term_trackers):
+            tracker.update_state(
+                values[f"distill/{term.name}"], sample_weight=batch
+            )
+        return self.compute_metrics(x, y, logits, sample_weight)
+
+    # -- steps -------------------------------------------------------------
+    def train_step(self, *args):
+        if keras.backend.backend() == "jax":
+            return self._jax_train_step(*args)
+        if keras.backend.backend() == "tensorflow":
+            return self._tf_train_step(*args)
+        raise NotImplementedError(
+            "Distiller supports the 'tensorflow' and 'jax' backends. "
+            f"Received: backend={keras.backend.backend()!r}"
+        )
+
+    def test_step(self, *args):
+        if keras.backend.backend() == "jax":
+            return self._jax_test_step(*args)
+        if keras.backend.backend() == "tensorflow":
+            return self._tf_test_step(*args)
+        raise NotImplementedError(
+            "Distiller supports the 'tensorflow' and 'jax' backends. "
+            f"Received: backend={keras.backend.backend()!r}"
+        )
+
+    def _tf_train_step(self, data):
+        import tensorflow as tf
+
+        x, y, sw = data_adapter_utils.unpack_x_y_sample_weight(data)
+        teacher_out = self.teacher(x, training=False)
+        teacher_out = tree.map_structure(tf.stop_gradient, teacher_out)
+        with tf.GradientTape() as tape:
+            student_out = self.student(x, training=True)
+            loss, values = self.compute_distillation_loss(
+                teacher_out, student_out, y, sw, training=True
+            )
+            scaled = scale_loss_for_distribution(loss)
+            if self.optimizer is not None:
+                scaled = self.optimizer.scale_loss(scaled)
+        variables = self.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        self.optimizer.apply(grads, variables)
+        return self._update_trackers(
+            loss, values, x, y, student_out[self.logits_key], sw
+        )
+
+    def _tf_test_step(self, data):
+        x, y, sw = data_adapter_utils.unpack_x_y_sample_weight(data)
+        teacher_out = self.teacher(x, training=False)
+        student_out = self.student(x, training=False)
+        loss, values = self.compute_distillation_loss(
+            teacher_out, student_out, y, sw, training=False
+        )
+        return self._update_trackers(
+            loss, values, x, y, student_out[self.logits_key], sw
+        )
+
+    def _jax_teacher(self, non_trainable, x):
+        import jax
+
+        mapping = list(zip(self.non_trainable_variables, non_trainable))
+        with keras.StatelessScope(state_mapping=mapping):
+            out = self.teacher(x, training=False)
+        return jax.tree_util.tree_map(jax.lax.stop_gradient, out)
+
+    def _jax_loss(self, trainable, non_trainable, teacher_out, x, y, sw,
+                  training, optimizer_variables=None):
+        mapping = list(zip(self.trainable_variables, trainable))
+        mapping.extend(zip(self.non_trainable_variables, non_trainable))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            student_out = self.student(x, training=training)
+            loss, values = self.compute_distillation_loss(
+                teacher_out, student_out, y, sw, training=training
+            )
+        new_non_trainable = []
+        for ref, old in zip(self.non_trainable_variables, non_trainable):
+            new = scope.get_current_value(ref)
+            new_non_trainable.append(old if new is None else new)
+        scaled = loss
+        if training and self.optimizer is not None:
+            opt_map = list(zip(self.optimizer.variables, optimizer_variables))
+            with keras.StatelessScope(state_mapping=opt_map):
+                scaled = self.optimizer.scale_loss(loss)
+        aux = (loss, values, student_out[self.logits_key], new_non_trainable)
+        return scaled, aux
+
+    def _jax_metrics(self, metrics_variables, loss, values, x, y, logits,
+                     sw):
+        mapping = list(zip(self.metrics_variables, metrics_variables))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            logs = self._update_trackers(loss, values, x, y, logits, sw)
+        new = []
+        for ref in self.metrics_variables:
+            v = scope.get_current_value(ref)
+            new.append(ref.value if v is None else v)
+        return logs, new
+
+    def _jax_train_step(self, state, data):
+        import jax
+
+        trainable, non_trainable, optimizer_variables, metrics_variables = (
+            state
+        )
+        x, y, sw = data_adapter_utils.unpack_x_y_sample_weight(data)
+        teacher_out = self._jax_teacher(non_trainable, x)
+        grad_fn = jax.value_and_grad(self._jax_loss, has_aux=True)
+        (_, aux), grads = grad_fn(
+            trainable, non_trainable, teacher_out, x, y, sw, True,
+            optimizer_variables,
+        )
+        loss, values, logits, non_trainable = aux
+        trainable, optimizer_variables = self.optimizer.stateless_apply(
+            optimizer_variables, grads, trainable
+        )
+        logs, metrics_variables = self._jax_metrics(
+            metrics_variables, loss, values, x, y, logits, sw
+        )
+        return logs, (
+            trainable, non_trainable, optimizer_variables, metrics_variables
+        )
+
+    def _jax_test_step(self, state, data):
+        trainable, non_trainable, metrics_variables = state
+        x, y, sw = data_adapter_utils.unpack_x_y_sample_weight(data)
+        teacher_out = self._jax_teacher(non_trainable, x)
+        _, aux = self._jax_loss(
+            trainable, non_trainable, teacher_out, x, y, sw, False
+        )
+        loss, values, logits, non_trainable = aux
+        logs, metrics_variables = self._jax_metrics(
+            metrics_variables, loss, values, x, y, logits, sw
+        )
+        return logs, (trainable, non_trainable, metrics_variables)
+
+    # -- input checks, before the first step -------------------------------
+    def check_data(self, x, y=None):
+        """Raises `ValueError` when `x`/`y` cannot feed this distiller.
+
+        Checks image shape against the models' input and, for arrays,
+        labels against the number of classes. Called by `fit`/`evaluate`.
+        """
+        expected = self.input_spec_shape
+        shape = None
+        labels = None
+        targets = y
+        if x is None:
+            return
+        if hasattr(x, "element_spec"):  # tf.data.Dataset
+            spec = x.element_spec
+            first = spec[0] if isinstance(spec, (tuple, list)) else spec
+            shape = tuple(first.shape[1:]) if first.shape.rank else None
+            targets = spec[1] if isinstance(spec, (tuple, list)) else None
+        elif isinstance(x, keras.utils.PyDataset):
+            batch = x[0]
+            first = batch[0] if isinstance(batch, (tuple, list)) else batch
+            shape = tuple(first.shape[1:])
+            if isinstance(batch, (tuple, list)) and len(batch) > 1:
+                targets = batch[1]
+        elif hasattr(x, "shape"):
+            shape = tuple(x.shape[1:])
+        if isinstance(targets, dict):
+            labels = targets.get("label")
+        else:
+            labels = targets
+        needs = [t.name for t in self.distillation_terms if t.needs_indices]
+        if needs and not (isinstance(targets, dict) and "index" in targets):
+            raise ValueError(
+                f"Distillation term(s) {needs} need each example's dataset "
+                "index: the data must yield targets as a dict "
+                "{'label': labels, 'index': indices} (e.g. "
+                "keras_semkd.data.get_dataset(..., with_index=True))."
+            )
+        if not hasattr(labels, "shape") or hasattr(labels, "is_compatible_with"):
+            labels = None  # symbolic spec: nothing to range-check
+        if shape is not None and len(shape) == len(expected):
+            for got, want in zip(shape, expected):
+                if got is not None and want is not None and got != want:
+                    raise ValueError(
+                        "The data do not fit the models: images have shape "
+                        f"{shape}, the teacher and student take "
+                        f"{expected}."
+                    )
+        elif shape is not None:
+            raise ValueError(
+                "The data do not fit the models: images have shape "
+                f"{shape}, the teacher and student take {expected}."
+            )
+        if labels is not None and hasattr(labels, "shape"):
+            import numpy as np
+
+            labels = np.asarray(labels)
+            if labels.size and (
+                labels.min() < 0 or labels.max() >= self.num_classes
+            ):
+                raise ValueError(
+                    f"Labels must lie in [0, {self.num_classes}) for models "
+                    f"with {self.num_classes} classes. Received labels in "
+                    f"[{labels.min()}, {labels.max()}]."
+                )
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        self.check_data(x, y)
+        if any(type(t).set_epoch is not losses_base.DistillationLoss.set_epoch
+               for t in self.distillation_terms):
+            callbacks = list(kwargs.get("callbacks") or [])
+            callbacks.append(_EpochToLosses(self))
+            kwargs["callbacks"] = callbacks
+        validation_data = kwargs.get("validation_data")
+        if isinstance(validation_data, (tuple, list)):
+            self.check_data(*validation_data[:2])
+        elif validation_data is not None:
+            self.check_data(validation_data)
+        return super().fit(x, y, *args, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        self.check_data(x, y)
+        return super().evaluate(x, y, *args, **kwargs)
+
+    # -- serialization -----------------------------------------------------
+    def get_config(self):
+        config = {
+            "name": self.name,
+            "teacher": keras.saving.serialize_keras_object(self.teacher),
+            "student": keras.saving.serialize_keras_object(self.student),
+            "distillation_losses": [
+                {
+                    "loss": keras.saving.serialize_keras_object(term),
+                    "weight": weight,
+                }
+                for term, weight in zip(
+                    self.distillation_terms, self.distillation_weights
+                )
+            ],
+            "student_loss_weight": self.student_loss_weight,
+            "logits_key": self.logits_key,
+        }
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["teacher"] = keras.saving.deserialize_keras_object(
+            config["teacher"]
+        )
+        config["student"] = keras.saving.deserialize_keras_object(
+            config["student"]
+        )
+        return cls(**config)

@@ -1,0 +1,212 @@
+"""The contract every distillation loss follows, and the loss registry.
+
+A distillation loss is a `keras.layers.Layer` so that learned parts of a
+method (FitNet's regressor, CRD's embeddings and memory bank, SAKD's
+semantic head) are tracked, trained with the student, saved with the
+distiller and never exported with the student.
+
+A loss reads named outputs of the teacher and of the student (the keys of
+the functional models' output dicts, e.g. `"logits"`, `"stage3"`) and
+returns either one value per example (`reduction = "per_example"`, shape
+`(batch,)`) or one value for the whole batch (`reduction = "batch"`, a
+scalar) for methods defined on relations inside a batch (SP, CC, RKD, ...).
+The `Distiller` turns per-example values into a global-batch mean that is
+correct under `tf.distribute` strategies, and divides batch-level values by
+the number of replicas, so gradients never double with more replicas.
+
+Losses run in float32 (`dtype="float32"` policy) even when the models use a
+mixed precision policy: softmax, log-softmax and KL terms stay in float32.
+"""
+
+import keras
+
+from keras_semkd.registry import Registry
+
+LOSSES = Registry("distillation loss")
+
+
+def register_loss(name):
+    """Decorator: registers a `DistillationLoss` subclass under `name` and
+    as a Keras serializable (package `keras_semkd`)."""
+
+    def _wrap(cls):
+        cls = keras.saving.register_keras_serializable(package="keras_semkd")(
+            cls
+        )
+        LOSSES.register(name, cls)
+        cls.registered_name = name
+        return cls
+
+    return _wrap
+
+
+def get(identifier, **kwargs):
+    """Returns a distillation loss instance.
+
+    Args:
+        identifier: a registered name (e.g. `"kd"`), a config dict
+            `{"name": "kd", **kwargs}` or a `DistillationLoss` instance.
+        **kwargs: constructor arguments when `identifier` is a name.
+    """
+    if isinstance(identifier, DistillationLoss):
+        if kwargs:
+            raise ValueError(
+                "Keyword arguments cannot be applied to an already built "
+                f"loss instance. Received: identifier={identifier!r}, "
+                f"kwargs={kwargs}"
+            )
+        return identifier
+    if isinstance(identifier, dict):
+        config = dict(identifier)
+        name = config.pop("name", None)
+        if name is None:
+            raise ValueError(
+                "A loss config dict needs a 'name' entry. "
+                f"Received: {identifier}"
+            )
+        config.update(kwargs)
+        return LOSSES.get(name)(**config)
+    if isinstance(identifier, str):
+        return LOSSES.get(identifier)(**kwargs)
+    raise TypeError(
+        "A distillation loss is given by a registered name, a config dict "
+        f"or a DistillationLoss instance. Received: {identifier!r}"
+    )
+
+
+class DistillationLoss(keras.layers.Layer):
+    """Base class of all distillation losses.
+
+    Subclasses set `reduction`, implement `compute(teacher, student, labels,
+    training)` and, if they own weights, `build_from_specs(...)`.
+
+    Args:
+        teacher_keys: output keys of the teacher this loss reads, in order.
+            A single string is accepted.
+        student_keys: output keys of the student this loss reads, paired
+            element-wise with `teacher_keys` (same length unless the
+            subclass says otherwise).
+        **kwargs: base `Layer` arguments (`name`, ...). The dtype policy is
+            forced to float32.
+    """
+
+    reduction = "per_example"
+    #: Subclasses that pair teacher/student keys one to one keep this True.
+    paired_keys = True
+    #: Subclasses that need each example's dataset index (CRD's memory
+    #: bank) set this True; the data must then yield labels as a dict
+    #: `{"label": ..., "index": ...}`.
+    needs_indices = False
+
+    def __init__(self, teacher_keys=("logits",), student_keys=None, **kwargs):
+        kwargs["dtype"] = "float32"
+        if kwargs.get("name") is None and getattr(
+            type(self), "registered_name", None
+        ):
+            kwargs["name"] = type(self).registered_name
+        super().__init__(**kwargs)
+        if isinstance(teacher_keys, str):
+            teacher_keys = (teacher_keys,)
+        if student_keys is None:
+            student_keys = teacher_keys
+        if isinstance(student_keys, str):
+            student_keys = (student_keys,)
+        self.teacher_keys = tuple(teacher_keys)
+        self.student_keys = tuple(student_keys)
+        if not self.teacher_keys or not self.student_keys:
+            raise ValueError(
+                f"{type(self).__name__} needs at least one teacher and one "
+                f"student key. Received: teacher_keys={teacher_keys}, "
+                f"student_keys={student_keys}"
+            )
+        if self.paired_keys and len(self.teacher_keys) != len(
+            self.student_keys
+        ):
+            raise ValueError(
+                f"{type(self).__name__} pairs teacher and student outputs "
+                "one to one, so both key lists need the same length. "
+                f"Received: teacher_keys={self.teacher_keys}, "
+                f"student_keys={self.student_keys}"
+            )
+        if self.reduction not in ("per_example", "batch"):
+            raise ValueError(
+                f"reduction must be 'per_example' or 'batch'. "
+                f"Received: reduction={self.reduction!r}"
+            )
+
+    # -- validation and building ------------------------------------------
+    def check_specs(self, teacher_shapes, student_shapes):
+        """Checks that the keys exist; raises `ValueError` listing the
+        available keys otherwise. Shapes are dicts key -> shape tuple."""
+        for side, keys, shapes in (
+            ("teacher", self.teacher_keys, teacher_shapes),
+            ("student", self.student_keys, student_shapes),
+        ):
+            missing = [k for k in keys if k not in shapes]
+            if missing:
+                raise ValueError(
+                    f"Loss {self.name!r} ({type(self).__name__}) reads "
+                    f"{side} output(s) {missing}, which the {side} model "
+                    f"does not have. Available {side} outputs: "
+                    f"{sorted(shapes)}"
+                )
+
+    def build_from_specs(self, teacher_shapes, student_shapes):
+        """Creates weights from the output shapes of teacher and student.
+
+        `teacher_shapes`/`student_shapes` map each key in
+        `teacher_keys`/`student_keys` to its shape (batch dim `None`).
+        The default creates nothing. Subclasses that override it must call
+        `self.built = True` (or `super().build_from_specs`).
+        """
+        self.built = True
+
+    def build(self, input_shape=None):
+        # Built explicitly through `build_from_specs`; a plain call on an
+        # unbuilt parameter-free loss is fine.
+        self.built = True
+
+    # -- computation -------------------------------------------------------
+    def compute(self, teacher, student, labels=None, training=False,
+                indices=None):
+        """Returns the loss: shape `(batch,)` when `reduction ==
+        "per_example"`, a scalar when `reduction == "batch"`.
+
+        Args:
+            teacher: list of teacher tensors in `teacher_keys` order.
+            student: list of student tensors in `student_keys` order.
+            labels: integer class labels, shape `(batch,)`.
+            training: whether this is a training step.
+            indices: dataset indices of the examples, shape `(batch,)`,
+                when the data provide them (see `needs_indices`).
+        """
+        raise NotImplementedError
+
+    def call(self, teacher, student, labels=None, training=False,
+             indices=None):
+        return self.compute(
+            list(teacher), list(student), labels=labels, training=training,
+            indices=indices,
+        )
+
+    def set_epoch(self, epoch):
+        """Called by the `Distiller` at the start of every epoch (0-based).
+
+        Losses with a warm-up (DKD, ReviewKD) keep the epoch in a
+        non-trainable variable here; the default does nothing.
+        """
+
+    def compute_output_shape(self, *args, **kwargs):
+        return () if self.reduction == "batch" else (None,)
+
+    # -- serialization -----------------------------------------------------
+    def get_config(self):
+        config = super().get_config()
+        config.pop("dtype", None)
+        config.update(
+            {
+                "teacher_keys": list(self.teacher_keys),
+                "student_keys": list(self.student_keys),
+            }
+        )
+        return config

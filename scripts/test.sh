@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The default test suite: everything on the TensorFlow backend, then the
+# backend-agnostic core (layers, losses, models, distillers, NumPy data
+# path) on the JAX backend. Slow tests: `python -m pytest -m slow`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
+echo "== TensorFlow backend =="
+KERAS_BACKEND=tensorflow $PY -m pytest -q "$@"
+echo "== JAX backend =="
+KERAS_BACKEND=jax $PY -m pytest -q tests/layers tests/losses tests/models \
+  tests/distillers tests/configs tests/data/test_numpy_pipeline.py "$@"

@@ -1,0 +1,84 @@
+"""Recipes are data: typed, validated, JSON round-trippable, overridable."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from keras_semkd import configs
+from keras_semkd.configs import Recipe
+from keras_semkd.configs import Term
+
+
+def test_every_registered_recipe_round_trips_through_json():
+    names = configs.names()
+    assert "cpu_smoke" in names
+    assert "resnet32x4-resnet8x4-kd" in names
+    for name in names:
+        recipe = configs.get(name)
+        text = recipe.to_json()
+        assert Recipe.from_json(text) == recipe
+        assert json.loads(text)["name"] == name
+
+
+def test_protocol_values():
+    r = configs.get("resnet32x4-resnet8x4-kd")
+    assert r.epochs == 240
+    assert r.data.batch_size == 64
+    assert r.optimizer.learning_rate == 0.05
+    assert r.optimizer.momentum == 0.9
+    assert r.optimizer.weight_decay == 5e-4
+    assert r.optimizer.milestones == (150, 180, 210)
+    assert r.student_loss_weight == 0.1
+    assert r.terms == (Term("kd", 0.9, {"temperature": 4.0}),)
+    for student in ("MobileNetV2", "ShuffleV1", "ShuffleV2"):
+        teacher = {"MobileNetV2": "vgg13"}.get(student, "resnet32x4")
+        assert configs.get(f"{teacher}-{student}-kd").optimizer \
+            .learning_rate == 0.01
+
+
+def test_all_standard_pairs_have_every_method():
+    names = set(configs.names())
+    assert len(configs.STANDARD_PAIRS) == 13
+    for teacher, student in configs.STANDARD_PAIRS:
+        for method in configs.METHODS:
+            assert f"{teacher}-{student}-{method}" in names
+
+
+def test_overrides():
+    r = configs.get("resnet56-resnet20-kd")
+    r2 = r.override(**{"optimizer.learning_rate": 0.1, "epochs": 3,
+                       "terms.kd.temperature": 2.0, "terms.kd.weight": 0.5,
+                       "data.batch_size": 32})
+    assert r2.optimizer.learning_rate == 0.1 and r2.epochs == 3
+    assert r2.terms[0].kwargs["temperature"] == 2.0
+    assert r2.terms[0].weight == 0.5 and r2.data.batch_size == 32
+    assert r.epochs == 240  # frozen original untouched
+    with pytest.raises(ValueError, match="Unknown config field 'lr'"):
+        r.override(**{"optimizer.lr": 0.1})
+    with pytest.raises(ValueError, match="has no term 'fitnet'"):
+        r.override(**{"terms.fitnet.weight": 1})
+
+
+def test_validation_errors():
+    with pytest.raises(ValueError, match="no teacher"):
+        Recipe(name="x", student="resnet8", terms=[Term("kd", 1.0)])
+    with pytest.raises(ValueError, match="weight must be a number"):
+        Term("kd", "heavy")
+    with pytest.raises(ValueError, match="Unknown Recipe field"):
+        Recipe.from_dict({"name": "x", "student": "resnet8", "lr": 1})
+    with pytest.raises(ValueError, match="milestones must be increasing"):
+        configs.OptimizerConfig(milestones=(5, 2))
+    with pytest.raises(KeyError, match="Known recipe names"):
+        configs.get("resnet32x4-resnet8x4-kdd")
+    with pytest.raises(KeyError, match="Known methods"):
+        configs.make_recipe("resnet56", "resnet20", "nope")
+
+
+def test_configs_do_not_import_tensorflow():
+    code = ("import sys; import keras_semkd.configs as c; c.names(); "
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out == "False False"
