@@ -55,8 +55,13 @@ flags.DEFINE_multi_string("override", [],
                           "optimizer.learning_rate=0.1 or "
                           "terms.kd.temperature=2 (values parsed as JSON).")
 flags.DEFINE_string("output_dir", "runs",
-                    "Reports are written to <output_dir>/<recipe>/.")
+                    "Run directory root: <output_dir>/<recipe>/ holds the "
+                    "config, history.csv, TensorBoard logs, checkpoints, "
+                    "report.json; rerunning resumes it.")
 flags.DEFINE_integer("seed", None, "Override the seed.")
+flags.DEFINE_integer("checkpoint_every", 200,
+                     "Save the full training state every N steps (resume "
+                     "mid-epoch by running the same command again).")
 flags.DEFINE_integer("verbose", 1, "Keras verbosity (0, 1 bar, 2 lines).")
 
 
@@ -125,36 +130,40 @@ def main(argv):
     run_dir = os.path.join(FLAGS.output_dir, recipe.name)
     os.makedirs(run_dir, exist_ok=True)
     logging.info("Recipe:\n%s", recipe.to_json())
-    teacher = None
+    teacher_path = os.path.join(run_dir, "teacher.weights.h5")
     if recipe.teacher and not recipe.teacher_weights:
-        teacher_recipe = configs.Recipe(
-            name=f"{recipe.name}-teacher", student=recipe.teacher,
-            epochs=FLAGS.teacher_epochs, optimizer=recipe.optimizer.__class__(
-                learning_rate=0.05, milestones=()),
-            data=recipe.data, num_classes=recipe.num_classes,
-            seed=recipe.seed,
-        )
-        logging.info("No --teacher_weights: training a quick %s teacher for "
-                     "%d epoch(s) first.", recipe.teacher,
-                     FLAGS.teacher_epochs)
-        t_result = training.train(teacher_recipe, verbose=FLAGS.verbose)
-        teacher = t_result["student"]
-        training.write_report(t_result, teacher_recipe,
-                              os.path.join(run_dir, "teacher_report.json"))
-        teacher.save_weights(os.path.join(run_dir, "teacher.weights.h5"))
-        print(f"teacher {recipe.teacher}: test top-1 "
-              f"{t_result['test']['top1']:.4f}")
-    result = training.train(recipe, teacher=teacher, verbose=FLAGS.verbose)
-    report = training.write_report(result, recipe,
-                                   os.path.join(run_dir, "report.json"))
-    result["student"].save(os.path.join(run_dir, "student.keras"))
+        if not os.path.exists(teacher_path):
+            teacher_recipe = configs.Recipe(
+                name=f"{recipe.name}-teacher", student=recipe.teacher,
+                epochs=FLAGS.teacher_epochs,
+                optimizer=configs.OptimizerConfig(learning_rate=0.05,
+                                                  milestones=()),
+                data=recipe.data, num_classes=recipe.num_classes,
+                seed=recipe.seed,
+            )
+            logging.info("No --teacher_weights: training a quick %s teacher "
+                         "for %d epoch(s) first.", recipe.teacher,
+                         FLAGS.teacher_epochs)
+            t_report = training.Runner(
+                teacher_recipe, os.path.join(run_dir, "teacher")
+            ).run(verbose=FLAGS.verbose)
+            os.replace(os.path.join(run_dir, "teacher", "checkpoints",
+                                    "last.weights.h5"), teacher_path)
+            print(f"teacher {recipe.teacher} (quick, "
+                  f"{FLAGS.teacher_epochs} epoch(s)): test top-1 "
+                  f"{t_report['last']['top1']:.4f}")
+        recipe = recipe.override(teacher_weights=teacher_path)
+    runner = training.Runner(recipe, run_dir,
+                             checkpoint_every=FLAGS.checkpoint_every)
+    report = runner.run(verbose=FLAGS.verbose)
+    runner.student.save(os.path.join(run_dir, "student.keras"))
     data_note = (" (GENERATED data, not CIFAR-100)"
                  if report["data"].get("is_generated") else "")
     print(f"{recipe.name}: student {recipe.student} test top-1 "
-          f"{result['test']['top1']:.4f} (best {result['best_top1']:.4f}), "
-          f"top-5 {result['test']['top5']:.4f} after {recipe.epochs} "
-          f"epoch(s), {result['seconds']:.0f}s{data_note}")
-    print(f"report: {os.path.join(run_dir, 'report.json')}")
+          f"last {report['last']['top1']:.4f}, best "
+          f"{report['best_top1']:.4f}, top-5 {report['last']['top5']:.4f} "
+          f"after {report['epochs_done']} epoch(s){data_note}")
+    print(f"run directory: {run_dir}")
 
 
 if __name__ == "__main__":

@@ -36,9 +36,28 @@ LOW_LR_STUDENTS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
 
 #: method -> (student loss weight, terms). Weights and hyperparameters are
 #: RepDistiller's / mdistiller's CIFAR-100 defaults (docs/method.md).
+#: Feature taps are selectors (see `configs.experiment`), resolved per
+#: pair. Terms with learned parts get the recipe's weight decay and CRD its
+#: `num_data` from the training split when the distiller is built.
 METHODS = {
     "student": (1.0, ()),
     "kd": (0.1, (Term("kd", 0.9, {"temperature": 4.0}),)),
+    "fitnet": (1.0, (Term("fitnet", 100.0, {"teacher_keys": "@hint"}),)),
+    "at": (1.0, (Term("at", 1000.0, {"teacher_keys": "@stages"}),)),
+    "sp": (1.0, (Term("sp", 3000.0, {"teacher_keys": "@last_stage"}),)),
+    "cc": (1.0, (Term("cc", 0.02, {"teacher_keys": "embedding"}),)),
+    "vid": (1.0, (Term("vid", 1.0, {"teacher_keys": "@stages"}),)),
+    "rkd": (1.0, (Term("rkd", 1.0, {"teacher_keys": "embedding"}),)),
+    "pkt": (1.0, (Term("pkt", 30000.0, {"teacher_keys": "embedding"}),)),
+    "nst": (1.0, (Term("nst", 50.0, {"teacher_keys": "@stages"}),)),
+    "crd": (1.0, (Term("crd", 0.8, {"teacher_keys": "embedding"}),)),
+    "dkd": (1.0, (Term("dkd", 1.0, {"alpha": 1.0, "beta": 8.0,
+                                     "temperature": 4.0,
+                                     "warmup_epochs": 20}),)),
+    "reviewkd": (1.0, (Term("reviewkd", 1.0, {
+        "teacher_keys": ["@stages_preact", "embedding"],
+        "student_keys": ["@stages", "embedding"],
+        "warmup_epochs": 20}),)),
 }
 
 

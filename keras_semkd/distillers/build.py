@@ -5,8 +5,11 @@ the stage features of the concrete teacher and student, so one method
 declaration fits every pair of the model zoo.
 """
 
+import inspect
+
 import keras
 
+from keras_semkd import losses as losses_lib
 from keras_semkd import models as zoo
 from keras_semkd.configs import experiment
 from keras_semkd.distillers.distiller import Distiller
@@ -57,16 +60,42 @@ def _resolve_keys(spec, model):
     return keys
 
 
-def resolve_terms(terms, teacher, student):
+def _accepts(name, arg):
+    cls = losses_lib.LOSSES.get(name)
+    return arg in inspect.signature(cls.__init__).parameters
+
+
+def resolve_terms(terms, teacher, student, weight_decay=None,
+                  num_train_examples=None):
     """Resolves selectors in a list of term dicts for a teacher/student.
 
     Teacher and student key lists produced by list-valued selectors are
     paired from the first element and truncated to the shorter one.
+
+    Args:
+        terms: `Term`s or term dicts.
+        teacher, student: the built models.
+        weight_decay: the protocol's coupled weight decay, given to terms
+            with learned parts (those accepting `weight_decay`) that do not
+            set it (RepDistiller's SGD decays them with the student).
+        num_train_examples: the training-set size, given as `num_data` to
+            memory-bank terms (CRD) that do not set it.
     """
     resolved = []
     for term in terms:
         term = dict(term.to_dict() if isinstance(term, experiment.Term)
                     else term)
+        name = term["name"]
+        if (weight_decay is not None and "weight_decay" not in term
+                and _accepts(name, "weight_decay")):
+            term["weight_decay"] = weight_decay
+        if "num_data" not in term and _accepts(name, "num_data"):
+            if num_train_examples is None:
+                raise ValueError(
+                    f"Term {name!r} keeps a memory bank over the training "
+                    "set: give num_data (or build with num_train_examples)."
+                )
+            term["num_data"] = int(num_train_examples)
         t = _resolve_keys(term.get("teacher_keys"), teacher)
         s = _resolve_keys(term.get("student_keys", term.get("teacher_keys")),
                           student)
@@ -87,7 +116,7 @@ def build_model(name, num_classes, weight_decay=0.0, input_shape=(32, 32, 3)):
 
 
 def build_distiller(recipe, teacher=None, student=None,
-                    input_shape=(32, 32, 3)):
+                    input_shape=(32, 32, 3), num_train_examples=None):
     """Builds (or reuses) teacher and student and the recipe's Distiller.
 
     Args:
@@ -96,6 +125,7 @@ def build_distiller(recipe, teacher=None, student=None,
             (and `recipe.teacher_weights`, if set) otherwise.
         student: an already built student; built from the recipe otherwise.
         input_shape: image shape of the data.
+        num_train_examples: training-set size (for memory-bank terms).
     """
     if recipe.teacher is None and teacher is None:
         raise ValueError(
@@ -111,7 +141,9 @@ def build_distiller(recipe, teacher=None, student=None,
         student = build_model(recipe.student, recipe.num_classes,
                               recipe.optimizer.weight_decay,
                               input_shape=input_shape)
-    terms = resolve_terms(recipe.terms, teacher, student)
+    terms = resolve_terms(recipe.terms, teacher, student,
+                          weight_decay=recipe.optimizer.weight_decay,
+                          num_train_examples=num_train_examples)
     return Distiller(
         teacher, student, distillation_losses=terms,
         student_loss_weight=recipe.student_loss_weight,

@@ -303,7 +303,14 @@ class Distiller(keras.Model):
         ):
             t = [teacher_outputs[k] for k in term.teacher_keys]
             s = [student_outputs[k] for k in term.student_keys]
-            v = term(t, s, labels=y, training=training, indices=indices)
+            if term.needs_indices and indices is None and not training:
+                # Memory-bank terms (CRD) are defined over the training
+                # set's indices; held-out data without them do not
+                # evaluate the term (logged as 0).
+                v = ops.zeros_like(ce) if term.reduction == "per_example" \
+                    else ops.zeros(())
+            else:
+                v = term(t, s, labels=y, training=training, indices=indices)
             v = ops.cast(v, "float32")
             if term.reduction == "per_example":
                 if sw is not None:
@@ -476,7 +483,7 @@ class Distiller(keras.Model):
         return logs, (trainable, non_trainable, metrics_variables)
 
     # -- input checks, before the first step -------------------------------
-    def check_data(self, x, y=None):
+    def check_data(self, x, y=None, require_indices=True):
         """Raises `ValueError` when `x`/`y` cannot feed this distiller.
 
         Checks image shape against the models' input and, for arrays,
@@ -506,7 +513,8 @@ class Distiller(keras.Model):
         else:
             labels = targets
         needs = [t.name for t in self.distillation_terms if t.needs_indices]
-        if needs and not (isinstance(targets, dict) and "index" in targets):
+        has_index = isinstance(targets, dict) and "index" in targets
+        if require_indices and needs and not has_index:
             raise ValueError(
                 f"Distillation term(s) {needs} need each example's dataset "
                 "index: the data must yield targets as a dict "
@@ -550,13 +558,13 @@ class Distiller(keras.Model):
             kwargs["callbacks"] = callbacks
         validation_data = kwargs.get("validation_data")
         if isinstance(validation_data, (tuple, list)):
-            self.check_data(*validation_data[:2])
+            self.check_data(*validation_data[:2], require_indices=False)
         elif validation_data is not None:
-            self.check_data(validation_data)
+            self.check_data(validation_data, require_indices=False)
         return super().fit(x, y, *args, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
-        self.check_data(x, y)
+        self.check_data(x, y, require_indices=False)
         return super().evaluate(x, y, *args, **kwargs)
 
     # -- serialization -----------------------------------------------------

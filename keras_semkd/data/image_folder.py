@@ -1,0 +1,199 @@
+"""Folders of images laid out as `<root>/<class>/*.png` (NumPy + Pillow).
+
+`load_image_folder(root)` decodes every image into one uint8 NHWC array
+(class names are the sorted sub-folder names), so the pipelines can cache
+the decoded pixels in memory like CIFAR.  A dataset with split folders
+(`train|valid|test/<class>/...`, the CINIC-10 layout) is read split by
+split with `load_image_folder_split(root, split)`.
+
+Errors are raised up front, naming the offending path: a missing root, a
+root without class folders, a class folder without images, an unreadable
+image, or images of different sizes when no `image_size` is given.
+Grayscale / palette / RGBA images are converted to RGB (CINIC-10 has a few
+grayscale PNGs).  No TensorFlow import.
+"""
+
+import concurrent.futures
+import os
+import pathlib
+
+import numpy as np
+
+from keras_semkd.data.arrays import LabeledImages
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+# split name -> folder names accepted for it, in order of preference.
+SPLIT_FOLDERS = {
+    "train": ("train",),
+    "validation": ("valid", "validation", "val"),
+    "test": ("test",),
+}
+
+
+def _is_image(name):
+    return not name.startswith(".") and name.lower().endswith(
+        IMAGE_EXTENSIONS
+    )
+
+
+def scan_image_folder(root):
+    """Lists the images of a `<root>/<class>/*` folder.
+
+    Returns:
+        `(files, labels, class_names)`: sorted file paths, their int32 class
+        indices and the sorted class-folder names.
+
+    Raises:
+        FileNotFoundError: `root` does not exist.
+        ValueError: no class folders, or a class folder without images.
+    """
+    root = pathlib.Path(os.fspath(root)).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"Image folder {root} does not exist (expected "
+            "<root>/<class_name>/<image files>)."
+        )
+    class_names = sorted(
+        p.name for p in root.iterdir()
+        if p.is_dir() and not p.name.startswith(".")
+    )
+    if not class_names:
+        raise ValueError(
+            f"Image folder {root} has no class sub-folders (expected "
+            "<root>/<class_name>/<image files>)."
+        )
+    files, labels = [], []
+    for index, name in enumerate(class_names):
+        folder = root / name
+        images = sorted(f for f in os.listdir(folder) if _is_image(f))
+        if not images:
+            raise ValueError(
+                f"Class folder {folder} holds no images (accepted "
+                f"extensions: {', '.join(IMAGE_EXTENSIONS)})."
+            )
+        files.extend(str(folder / f) for f in images)
+        labels.extend([index] * len(images))
+    return files, np.asarray(labels, np.int32), tuple(class_names)
+
+
+def decode_image(path, image_size=None):
+    """Decodes one image file to a uint8 (H, W, 3) RGB array with Pillow.
+
+    Args:
+        path: the image file.
+        image_size: optional `(height, width)` to resize to (bilinear).
+
+    Raises:
+        ValueError: the file cannot be read as an image (names the file).
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            if image_size is not None and img.size != (
+                image_size[1], image_size[0]
+            ):
+                img = img.resize((image_size[1], image_size[0]),
+                                 Image.BILINEAR)
+            return np.asarray(img, dtype=np.uint8)
+    except Exception as e:  # noqa: BLE001 - PIL raises many types
+        raise ValueError(
+            f"Could not read image {path}: {type(e).__name__}: {e}"
+        ) from e
+
+
+def _decode_all(files, image_size):
+    if len(files) < 256:
+        return [decode_image(f, image_size) for f in files]
+    workers = min(8, os.cpu_count() or 1)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda f: decode_image(f, image_size), files,
+                             chunksize=64))
+
+
+def load_image_folder(root, *, image_size=None, class_names=None,
+                      source=None):
+    """Decodes a `<root>/<class>/*` folder into a `LabeledImages`.
+
+    Args:
+        root: the folder.
+        image_size: optional `(height, width)`; images are resized to it.
+            Without it every image must have the size of the first one.
+        class_names: optional expected class names; the sorted sub-folders
+            must equal them (e.g. to check a CINIC-10 copy).
+        source: description stored in the result (defaults to `root`).
+
+    Returns:
+        `LabeledImages` with uint8 (N, H, W, 3) images and `"fine"` labels.
+    """
+    files, labels, found = scan_image_folder(root)
+    if class_names is not None and tuple(class_names) != found:
+        raise ValueError(
+            f"Class folders of {root} are {list(found)}, expected "
+            f"{list(class_names)}."
+        )
+    decoded = _decode_all(files, image_size)
+    first = decoded[0].shape
+    for path, img in zip(files, decoded):
+        if img.shape != first:
+            raise ValueError(
+                f"Image {path} has shape {img.shape}, but {files[0]} has "
+                f"{first}; pass image_size=(height, width) to resize."
+            )
+    return LabeledImages(
+        images=np.stack(decoded),
+        labels={"fine": labels},
+        class_names={"fine": found},
+        source=str(source or root),
+    )
+
+
+def find_split_folder(root, split):
+    """The sub-folder of `root` holding `split`, or `None`."""
+    if split not in SPLIT_FOLDERS:
+        raise ValueError(
+            f"split must be one of {sorted(SPLIT_FOLDERS)}. "
+            f"Received: split={split!r}"
+        )
+    root = pathlib.Path(os.fspath(root)).expanduser()
+    for name in SPLIT_FOLDERS[split]:
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def has_split_folders(root):
+    """Whether `root` follows the `train|valid|test/<class>/` layout."""
+    return find_split_folder(root, "train") is not None
+
+
+def load_image_folder_split(root, split, *, image_size=None,
+                            class_names=None):
+    """Loads `split` from a `train|valid|test/<class>/*` folder.
+
+    A root with no split folders is itself the `"train"` split.
+
+    Raises:
+        FileNotFoundError: `root` or the split folder is missing.
+    """
+    root = pathlib.Path(os.fspath(root)).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"Image folder {root} does not exist (expected "
+            "<root>/train|valid|test/<class_name>/<image files>)."
+        )
+    folder = find_split_folder(root, split)
+    if folder is None:
+        if split == "train" and not has_split_folders(root):
+            folder = root
+        else:
+            raise FileNotFoundError(
+                f"{root} has no folder for split {split!r} (looked for "
+                f"{', '.join(SPLIT_FOLDERS[split])})."
+            )
+    return load_image_folder(
+        folder, image_size=image_size, class_names=class_names,
+        source=f"{folder} [{split}]",
+    )
