@@ -62,6 +62,10 @@ flags.DEFINE_integer("seed", None, "Override the seed.")
 flags.DEFINE_integer("checkpoint_every", 200,
                      "Save the full training state every N steps (resume "
                      "mid-epoch by running the same command again).")
+flags.DEFINE_enum("strategy", "auto", ["auto", "none", "mirrored",
+                                       "multi_worker"],
+                  "Distribution strategy (keras_semkd.distribute): auto = "
+                  "MirroredStrategy over all visible GPUs, else none.")
 flags.DEFINE_integer("verbose", 1, "Keras verbosity (0, 1 bar, 2 lines).")
 
 
@@ -124,9 +128,12 @@ def _with_available_data(recipe):
 
 def main(argv):
     del argv
+    from keras_semkd import distribute
+    from keras_semkd import plotting
     from keras_semkd import training
 
     recipe = resolve_recipe()
+    teacher_top1 = None
     run_dir = os.path.join(FLAGS.output_dir, recipe.name)
     os.makedirs(run_dir, exist_ok=True)
     logging.info("Recipe:\n%s", recipe.to_json())
@@ -149,14 +156,21 @@ def main(argv):
             ).run(verbose=FLAGS.verbose)
             os.replace(os.path.join(run_dir, "teacher", "checkpoints",
                                     "last.weights.h5"), teacher_path)
+            teacher_top1 = t_report["last"]["top1"]
             print(f"teacher {recipe.teacher} (quick, "
                   f"{FLAGS.teacher_epochs} epoch(s)): test top-1 "
                   f"{t_report['last']['top1']:.4f}")
         recipe = recipe.override(teacher_weights=teacher_path)
-    runner = training.Runner(recipe, run_dir,
-                             checkpoint_every=FLAGS.checkpoint_every)
+    runner = training.Runner(
+        recipe, run_dir, checkpoint_every=FLAGS.checkpoint_every,
+        strategy=distribute.make_strategy(FLAGS.strategy))
     report = runner.run(verbose=FLAGS.verbose)
-    runner.student.save(os.path.join(run_dir, "student.keras"))
+    if runner.chief:
+        runner.student.save(os.path.join(run_dir, "student.keras"))
+        plotting.plot_training_curves(
+            {recipe.student: os.path.join(run_dir, "history.csv")},
+            os.path.join(run_dir, "curves.png"), title=recipe.name,
+            teacher_top1=teacher_top1)
     data_note = (" (GENERATED data, not CIFAR-100)"
                  if report["data"].get("is_generated") else "")
     print(f"{recipe.name}: student {recipe.student} test top-1 "

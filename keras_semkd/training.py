@@ -16,6 +16,7 @@ import numpy as np
 from absl import logging
 
 from keras_semkd import data as data_lib
+from keras_semkd import distribute
 from keras_semkd import losses as losses_lib
 from keras_semkd.distillers import build
 
@@ -262,14 +263,19 @@ class Runner:
         self.strategy = strategy
         self.data_dir = data_dir if data_dir is not None \
             else recipe.data.data_dir
+        # Only the chief writes (multi-worker runs); others only read.
+        self.chief = distribute.is_chief()
         self.ckpt_dir = os.path.join(run_dir, "checkpoints")
-        os.makedirs(self.ckpt_dir, exist_ok=True)
+        if self.chief:
+            os.makedirs(self.ckpt_dir, exist_ok=True)
         self.state_path = os.path.join(run_dir, "state.npz")
         self.meta_path = os.path.join(run_dir, "state.json")
         self._check_config()
 
     # -- setup ---------------------------------------------------------------
     def _check_config(self):
+        if not self.chief:
+            return
         path = os.path.join(self.run_dir, "config.json")
         text = self.recipe.to_json()
         if os.path.exists(path):
@@ -360,6 +366,8 @@ class Runner:
     # -- state -------------------------------------------------------------
     def save_state(self, epoch, step, extra=None):
         """Saves the full training state at (epoch, step-in-epoch)."""
+        if not self.chief:
+            return
         if hasattr(self.model, "jax_state_sync"):
             self.model.jax_state_sync()
         values = [keras.ops.convert_to_numpy(v)
@@ -444,15 +452,18 @@ class Runner:
             row["learning_rate"] = float(keras.ops.convert_to_numpy(
                 self.model.optimizer.learning_rate))
             self.history.append(row)
-            self._write_csv()
-            self.student.save_weights(
-                os.path.join(self.ckpt_dir, "last.weights.h5"))
             top1 = row.get("val_top1")
-            if top1 is not None and (self.best_top1 is None
-                                     or top1 > self.best_top1):
+            improved = top1 is not None and (self.best_top1 is None
+                                             or top1 > self.best_top1)
+            if improved:
                 self.best_top1 = top1
+            if self.chief:
+                self._write_csv()
                 self.student.save_weights(
-                    os.path.join(self.ckpt_dir, "best.weights.h5"))
+                    os.path.join(self.ckpt_dir, "last.weights.h5"))
+                if improved:
+                    self.student.save_weights(
+                        os.path.join(self.ckpt_dir, "best.weights.h5"))
             self.save_state(e + 1, 0)
         return self._report(time.time() - started)
 
@@ -482,9 +493,10 @@ class Runner:
             "data": info,
             "seconds_this_session": seconds,
         }
-        _atomic_write(os.path.join(self.run_dir, "report.json"),
-                      lambda p: open(p, "w", encoding="utf-8").write(
-                          json.dumps(report, indent=2, default=str)))
+        if self.chief:
+            _atomic_write(os.path.join(self.run_dir, "report.json"),
+                          lambda p: open(p, "w", encoding="utf-8").write(
+                              json.dumps(report, indent=2, default=str)))
         return report
 
 

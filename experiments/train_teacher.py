@@ -1,0 +1,84 @@
+r"""Train a teacher (or a student alone) from a recipe, in a run directory.
+
+    python experiments/train_teacher.py --recipe=teacher-resnet56
+    python experiments/train_teacher.py --model=resnet8 --epochs=2 \
+        --limit_train=5000   # a quick CPU check
+
+Rerunning the same command resumes the run directory. The weights to pass
+as --teacher_weights to distill.py are
+runs/<recipe>/checkpoints/{best,last}.weights.h5.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from keras_semkd import configs  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("recipe", None, "A teacher recipe (teacher-<model>).")
+flags.DEFINE_string("model", None, "Or a zoo model name.")
+flags.DEFINE_integer("epochs", None, "Override epochs.")
+flags.DEFINE_integer("batch_size", None, "Override the batch size.")
+flags.DEFINE_integer("limit_train", None, "Images per epoch (smoke runs).")
+flags.DEFINE_integer("limit_eval", None, "Test images (smoke runs).")
+flags.DEFINE_float("learning_rate", None, "Override the learning rate.")
+flags.DEFINE_string("dataset", None, "Dataset (default cifar100).")
+flags.DEFINE_string("data_dir", None, "Dataset location.")
+flags.DEFINE_integer("seed", None, "Seed.")
+flags.DEFINE_string("mixed_precision", None,
+                    "mixed_bfloat16 | mixed_float16.")
+flags.DEFINE_enum("strategy", "auto", ["auto", "none", "mirrored",
+                                       "multi_worker"],
+                  "Distribution strategy (keras_semkd.distribute).")
+flags.DEFINE_integer("checkpoint_every", 200, "State every N steps.")
+flags.DEFINE_string("output_dir", "runs", "Run directory root.")
+flags.DEFINE_integer("verbose", 1, "Keras verbosity.")
+
+
+def main(argv):
+    del argv
+    from keras_semkd import distribute
+    from keras_semkd import plotting
+    from keras_semkd import training
+
+    if FLAGS.recipe:
+        recipe = configs.get(FLAGS.recipe)
+    elif FLAGS.model:
+        recipe = configs.Recipe(
+            name=f"teacher-{FLAGS.model}", student=FLAGS.model,
+            optimizer=configs.recipes.protocol_optimizer(FLAGS.model))
+    else:
+        raise app.UsageError("Give --recipe or --model.")
+    changes = {k: v for k, v in {
+        "epochs": FLAGS.epochs, "seed": FLAGS.seed,
+        "data.batch_size": FLAGS.batch_size,
+        "data.limit_train": FLAGS.limit_train,
+        "data.limit_eval": FLAGS.limit_eval,
+        "data.dataset": FLAGS.dataset, "data.data_dir": FLAGS.data_dir,
+        "optimizer.learning_rate": FLAGS.learning_rate,
+        "mixed_precision": FLAGS.mixed_precision,
+    }.items() if v is not None}
+    if recipe.teacher is not None:
+        raise app.UsageError(f"{recipe.name} is a distillation recipe; use "
+                             "experiments/distill.py.")
+    recipe = recipe.override(**changes) if changes else recipe
+    run_dir = os.path.join(FLAGS.output_dir, recipe.name)
+    runner = training.Runner(
+        recipe, run_dir, checkpoint_every=FLAGS.checkpoint_every,
+        strategy=distribute.make_strategy(FLAGS.strategy))
+    report = runner.run(verbose=FLAGS.verbose)
+    plotting.plot_training_curves(
+        {recipe.student: os.path.join(run_dir, "history.csv")},
+        os.path.join(run_dir, "curves.png"), title=recipe.name)
+    print(f"{recipe.name}: test top-1 last {report['last']['top1']:.4f}, "
+          f"best {report['best_top1']:.4f}; weights in "
+          f"{os.path.join(run_dir, 'checkpoints')}")
+
+
+if __name__ == "__main__":
+    app.run(main)
