@@ -11,6 +11,9 @@ fi
 $PY -m pip install -q setuptools wheel
 # --no-build-isolation: setup.py sees the installed TensorFlow distribution.
 $PY -m pip install -q --no-build-isolation -e ".[test,jax]"
+# Serving protos for the export tests; --no-deps or it pulls the 570 MB
+# tensorflow wheel.
+$PY -m pip install -q --no-deps "tensorflow-serving-api==2.21.0"
 $PY - <<'PY'
 import importlib.metadata as m
 for d in ("tensorflow-cpu", "keras", "jax", "tensorflow-datasets",
