@@ -43,6 +43,7 @@ setup(
         "tensorflow-datasets>=4.9",
         "importlib_resources",  # tensorflow-datasets needs it at import
         "keras-tuner>=1.4",
+        "scikit-learn",  # keras-tuner's BayesianOptimization
         "tensorboard>=2.16",  # keras-tuner trials; TF 2.21 no longer pulls it
         "absl-py",
         "numpy",

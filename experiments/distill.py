@@ -107,23 +107,28 @@ def resolve_recipe():
 
 
 def _with_available_data(recipe):
-    """CIFAR-100 without a local copy -> the generated dataset, loudly."""
+    """CIFAR-100 without a local copy -> the generated dataset, loudly; the
+    class count follows the dataset when it was changed."""
     from keras_semkd import data as data_lib
 
-    if recipe.data.dataset != "cifar100" or recipe.data.data_dir:
-        return recipe
-    if data_lib.default_cifar100_dir() is not None:
-        return recipe
-    logging.warning(
-        "No CIFAR-100 copy found (looked in %s). Running on a small "
-        "GENERATED dataset instead: accuracies are not CIFAR-100 numbers.",
-        ", ".join(str(p) for p in data_lib.paths.data_search_paths()),
-    )
-    info = data_lib.load_synthetic("train")[2]
-    return recipe.override(**{"data.dataset": "synthetic",
-                              "num_classes": info.num_classes,
-                              "data.limit_train": None,
-                              "data.limit_eval": None})
+    dataset = recipe.data.dataset
+    changes = {}
+    if (dataset == "cifar100" and not recipe.data.data_dir
+            and data_lib.default_cifar100_dir() is None):
+        logging.warning(
+            "No CIFAR-100 copy found (looked in %s). Running on a small "
+            "GENERATED dataset instead: accuracies are not CIFAR-100 "
+            "numbers.",
+            ", ".join(str(p) for p in data_lib.paths.data_search_paths()),
+        )
+        dataset = "synthetic"
+        changes.update({"data.dataset": dataset, "data.limit_train": None,
+                        "data.limit_eval": None})
+    if dataset != "cifar100":
+        info = data_lib.load_split(dataset, "train",
+                                   data_dir=recipe.data.data_dir)[2]
+        changes["num_classes"] = info.num_classes
+    return recipe.override(**changes) if changes else recipe
 
 
 def main(argv):
