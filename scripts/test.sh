@@ -10,4 +10,5 @@ echo "== TensorFlow backend =="
 KERAS_BACKEND=tensorflow $PY -m pytest -q "$@"
 echo "== JAX backend =="
 KERAS_BACKEND=jax $PY -m pytest -q tests/layers tests/losses tests/models \
-  tests/distillers tests/configs tests/data/test_numpy_pipeline.py "$@"
+  tests/distillers tests/configs/test_recipes.py \
+  tests/data/test_numpy_pipeline.py "$@"
