@@ -304,6 +304,8 @@ class Runner:
         )
         if cfg.limit_train:
             train_ds = train_ds.take(self.steps_per_epoch)
+        # Multi-worker: each worker gets its share of every global batch.
+        train_ds = distribute.prepare_dataset(train_ds, self.strategy)
         return train_ds, info
 
     def _build(self):
@@ -327,6 +329,11 @@ class Runner:
         if cfg.limit_eval:
             self.eval_ds = self.eval_ds.take(
                 max(1, math.ceil(cfg.limit_eval / cfg.batch_size)))
+        # Multi-worker: each worker evaluates its share of every batch.
+        self.eval_ds = distribute.prepare_dataset(self.eval_ds, self.strategy)
+        if distribute.num_workers(self.strategy) > 1:
+            # Keras 3 needs two fixes to fit under multi-worker strategies.
+            distribute.patch_keras_for_multi_worker()
         scope = self.strategy.scope() if self.strategy else _null_scope()
         with scope:
             optimizer = build.sgd_optimizer(recipe.optimizer, steps)
@@ -366,14 +373,17 @@ class Runner:
     # -- state -------------------------------------------------------------
     def save_state(self, epoch, step, extra=None):
         """Saves the full training state at (epoch, step-in-epoch)."""
-        if not self.chief:
-            return
         if hasattr(self.model, "jax_state_sync"):
             self.model.jax_state_sync()
         values = [keras.ops.convert_to_numpy(v)
                   for v in _state_variables(self.model)]
         metrics = [keras.ops.convert_to_numpy(v)
                    for v in self.model.metrics_variables] if step else []
+        # Every worker reads the values above: under a multi-worker strategy
+        # reading a metric (sync-on-read) variable is a collective that
+        # needs all workers. Only the chief writes.
+        if not self.chief:
+            return
         arrays = {f"v{i}": a for i, a in enumerate(values)}
         arrays.update({f"m{i}": a for i, a in enumerate(metrics)})
         _atomic_write(self.state_path,
@@ -418,6 +428,9 @@ class Runner:
         self.best_top1, self.history = None, []
         self._build()
         epoch, step, metrics = self._load_state()
+        # Multi-worker: all workers must resume from the same point.
+        distribute.check_same_on_all_workers(
+            self.strategy, (epoch, step), "the resume point (epoch, step)")
         if epoch or step:
             logging.info("Resuming %s at epoch %d, step %d.", self.run_dir,
                          epoch, step)
@@ -436,7 +449,9 @@ class Runner:
                 steps_per_epoch=self.steps_per_epoch - first,
                 validation_data=self.eval_ds, verbose=verbose,
                 shuffle=False,
-                callbacks=[control, keras.callbacks.TensorBoard(tb)]
+                # Only the chief writes TensorBoard logs (multi-worker).
+                callbacks=[control]
+                + ([keras.callbacks.TensorBoard(tb)] if self.chief else [])
                 + list(callbacks or []),
             )
             if control.bad_step is not None:

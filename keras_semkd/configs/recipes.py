@@ -58,6 +58,10 @@ METHODS = {
         "teacher_keys": ["@stages_preact", "embedding"],
         "student_keys": ["@stages", "embedding"],
         "warmup_epochs": 20}),)),
+    # Our SAKD design (docs/method.md): uniformized stage features + the
+    # shared semantic head, composed with logit KD as in the KD recipe.
+    "sakd": (0.1, (Term("sakd", 1.0, {"teacher_keys": "@stages"}),
+                   Term("kd", 0.9, {"temperature": 4.0}))),
 }
 
 

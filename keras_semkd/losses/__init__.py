@@ -25,6 +25,9 @@ from keras_semkd.losses.reviewkd import ReviewKDLoss
 from keras_semkd.losses.reviewkd import hcl_loss
 from keras_semkd.losses.rkd import RKDLoss
 from keras_semkd.losses.rkd import rkd_loss
+from keras_semkd.losses.sakd import SAKDLoss
+from keras_semkd.losses.sakd import alignment_distance
+from keras_semkd.losses.sakd import semantic_guidance
 from keras_semkd.losses.sp import SPLoss
 from keras_semkd.losses.sp import sp_loss
 from keras_semkd.losses.vid import VIDLoss
