@@ -67,11 +67,19 @@ def main(argv):
         raise app.UsageError(f"{recipe.name} is a distillation recipe; use "
                              "experiments/distill.py.")
     recipe = recipe.override(**changes) if changes else recipe
+    if recipe.data.dataset != "cifar100":
+        from keras_semkd import data as data_lib
+
+        info = data_lib.load_split(recipe.data.dataset, "train",
+                                   data_dir=recipe.data.data_dir)[2]
+        recipe = recipe.override(num_classes=info.num_classes)
     run_dir = os.path.join(FLAGS.output_dir, recipe.name)
     runner = training.Runner(
         recipe, run_dir, checkpoint_every=FLAGS.checkpoint_every,
         strategy=distribute.make_strategy(FLAGS.strategy))
     report = runner.run(verbose=FLAGS.verbose)
+    if not runner.chief:
+        return
     plotting.plot_training_curves(
         {recipe.student: os.path.join(run_dir, "history.csv")},
         os.path.join(run_dir, "curves.png"), title=recipe.name)

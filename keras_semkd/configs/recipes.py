@@ -137,6 +137,23 @@ def _register_all():
     if "cpu_smoke" not in _REGISTERED:
         RECIPES.register("cpu_smoke", _cpu_smoke)
         _REGISTERED.add("cpu_smoke")
+    for method in METHODS:
+        key = f"gpu_short-{method}"
+        if method != "student" and key not in _REGISTERED:
+            RECIPES.register(key, lambda m=method: _gpu_short(m))
+            _REGISTERED.add(key)
+
+
+def _gpu_short(method):
+    """A quarter of the protocol for one GPU lease: resnet32x4 -> resnet8x4,
+    60 epochs with the decay milestones scaled by 1/4 (37/45/52). Not the
+    published protocol; for quick comparisons on a GPU machine."""
+    return make_recipe(
+        "resnet32x4", "resnet8x4", method, name=f"gpu_short-{method}",
+        epochs=60,
+        optimizer=OptimizerConfig(learning_rate=0.05,
+                                  milestones=(37, 45, 52)),
+    )
 
 
 def _cpu_smoke():

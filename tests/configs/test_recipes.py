@@ -82,3 +82,12 @@ def test_configs_do_not_import_tensorflow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True,
                          text=True, check=True).stdout.strip()
     assert out == "False False"
+
+
+def test_short_gpu_and_cpu_smoke_recipes():
+    r = configs.get("gpu_short-sakd")
+    assert (r.teacher, r.student, r.epochs) == ("resnet32x4", "resnet8x4", 60)
+    assert r.optimizer.milestones == (37, 45, 52)
+    assert [t.name for t in r.terms] == ["sakd", "kd"]
+    smoke = configs.get("cpu_smoke")
+    assert smoke.epochs == 1 and smoke.data.limit_train == 5000
