@@ -1,0 +1,77 @@
+"""The throughput benchmark's PyTorch reference and its smallest run.
+
+The reference is RepDistiller's CIFAR ResNet in PyTorch
+(`experiments/torch_reference.py`, needs `torch`, the `bench` extra); the
+benchmark (`experiments/bench_throughput.py`) is run as a subprocess on the
+cheapest pair with a single Keras peer.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from keras_semkd import models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENTS = os.path.join(ROOT, "experiments")
+
+
+def _torch_reference():
+    pytest.importorskip("torch")
+    spec = importlib.util.spec_from_file_location(
+        "torch_reference", os.path.join(EXPERIMENTS, "torch_reference.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["resnet8x4", "resnet20"])
+def test_torch_reference_has_our_parameter_counts(name):
+    reference = _torch_reference()
+    ours = models.get(name, num_classes=100)
+    trainable = sum(int(np.prod(w.shape)) for w in ours.trainable_weights)
+    params, with_running_stats = reference.count_parameters(
+        reference.get(name, num_classes=100))
+    assert params == trainable
+    assert with_running_stats == ours.count_params()
+
+
+def test_torch_reference_distill_step_runs():
+    reference = _torch_reference()
+    import torch
+
+    torch.manual_seed(0)
+    trainer = reference.KDTrainer(reference.get("resnet8", 10),
+                                  reference.get("resnet8", 10))
+    x = torch.randn(4, 3, 32, 32)
+    y = torch.tensor([0, 1, 2, 3])
+    loss, top1, top5 = trainer.distill_step(x, y)
+    assert np.isfinite(loss) and 0 <= top1 <= 100 and 0 <= top5 <= 100
+    assert trainer.teacher_inference(x).shape == (4, 10)
+    assert not trainer.teacher.training and trainer.student.training
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="the script runs on the default TF backend")
+def test_script_smallest_run_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT,
+               KERAS_BACKEND="tensorflow")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(EXPERIMENTS, "bench_throughput.py"),
+         "--steps=2", "--warmup=1", "--repeats=1",
+         "--pairs=resnet56:resnet20", "--peers=keras_kd", f"--out={out}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    peer = result["pairs"]["resnet56:resnet20"]["peers"]["keras_kd"]
+    assert len(peer["img_per_s"]) == 1
+    assert peer["median_img_per_s"] > 0
+    assert result["config"]["steps"] == 2
+    assert "resnet56:resnet20" in proc.stdout
