@@ -274,6 +274,8 @@ class Distiller(keras.Model):
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         if isinstance(y_pred, dict):
             y_pred = y_pred[self.logits_key]
+        # Metrics in float32: top-k kernels reject bfloat16 logits.
+        y_pred = ops.cast(y_pred, "float32")
         return super().compute_metrics(x, y, y_pred, sample_weight)
 
     # -- the shared, backend-agnostic objective ----------------------------
