@@ -70,6 +70,20 @@ def hint_loss(teacher_feature, student_regressed):
     return ops.mean(ops.square(s - t), axis=(1, 2, 3))
 
 
+def already_built_for(loss, parts, specs):
+    """True when `loss` already built its learned `parts` for `specs`;
+    raises if it was built for another model pair."""
+    if not parts:
+        return False
+    if specs != loss._built_specs:
+        raise ValueError(
+            f"Loss {loss.name!r} was built for {loss._built_specs} "
+            f"and cannot be rebuilt for {specs}; create a new "
+            "loss instance for another model pair."
+        )
+    return True
+
+
 def pair_specs(loss, teacher_shapes, student_shapes):
     """The (teacher shape, student shape) of each key pair, batch dropped."""
     return tuple(
@@ -254,13 +268,7 @@ class FitNetLoss(DistillationLoss):
     def build_from_specs(self, teacher_shapes, student_shapes):
         self.check_specs(teacher_shapes, student_shapes)
         specs = pair_specs(self, teacher_shapes, student_shapes)
-        if self.regressors:
-            if specs != self._built_specs:
-                raise ValueError(
-                    f"Loss {self.name!r} was built for {self._built_specs} "
-                    f"and cannot be rebuilt for {specs}; create a new "
-                    "loss instance for another model pair."
-                )
+        if already_built_for(self, self.regressors, specs):
             return
         regressors = []
         with keras.name_scope(self.name):

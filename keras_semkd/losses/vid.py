@@ -13,6 +13,7 @@ from keras_semkd.losses.at import match_spatial_size
 from keras_semkd.losses.base import DistillationLoss
 from keras_semkd.losses.base import register_loss
 from keras_semkd.losses.fitnet import check_weight_decay
+from keras_semkd.losses.fitnet import already_built_for
 from keras_semkd.losses.fitnet import pair_specs
 from keras_semkd.losses.fitnet import torch_kernel_initializer
 from keras_semkd.losses.fitnet import weight_decay_regularizer
@@ -185,13 +186,7 @@ class VIDLoss(DistillationLoss):
     def build_from_specs(self, teacher_shapes, student_shapes):
         self.check_specs(teacher_shapes, student_shapes)
         specs = pair_specs(self, teacher_shapes, student_shapes)
-        if self.regressors:
-            if specs != self._built_specs:
-                raise ValueError(
-                    f"Loss {self.name!r} was built for {self._built_specs} "
-                    f"and cannot be rebuilt for {specs}; create a new "
-                    "loss instance for another model pair."
-                )
+        if already_built_for(self, self.regressors, specs):
             return
         regressors = []
         with keras.name_scope(self.name):
