@@ -123,6 +123,12 @@ flags.DEFINE_bool("profile", False,
                   "torch_kd (torch.profiler) per pair, after timing.")
 flags.DEFINE_integer("profile_steps", 3, "Steps recorded by --profile.")
 flags.DEFINE_string("out", None, "Write the results as JSON here.")
+flags.DEFINE_list("plot_from", None,
+                  "Only plot: result JSONs of earlier runs (--out) to draw "
+                  "into --plot (no timing).")
+flags.DEFINE_string("plot", None,
+                    "Write a PNG of img/s and img/CPU-s per peer and pair "
+                    "(from this run, or from --plot_from).")
 flags.DEFINE_integer("num_classes", 100, "Number of classes.")
 flags.DEFINE_integer("seed", 0, "Seed of weights and the synthetic batch.")
 flags.DEFINE_integer("torch_threads", 0,
@@ -921,12 +927,71 @@ def param_counts(pairs):
     return out
 
 
+def plot_results(payloads, path):
+    """Bars of median img/s (left) and img per CPU-second (right) per peer,
+    one group per pair, from result payloads (`--out` JSONs); the
+    `mixed_bfloat16` child's peers are drawn as `<peer>@mixed_bfloat16`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = {}
+    for payload in payloads:
+        for pair, entry in payload["pairs"].items():
+            peers = dict(entry["peers"])
+            mixed = (entry.get("mixed_precision") or {}).get("peers", {})
+            for name, stats in mixed.items():
+                if "@" in name:  # the child's float32 peers repeat ours
+                    peers[name] = stats
+            pairs[pair] = (peers, payload.get("date", ""))
+    if not pairs:
+        raise ValueError("No benchmark results to plot.")
+    fig, axes = plt.subplots(len(pairs), 2, squeeze=False,
+                             figsize=(12, 3.2 * len(pairs)))
+    for row, (pair, (peers, date)) in enumerate(pairs.items()):
+        names = list(peers)
+        for col, (key, label) in enumerate((
+                ("median_img_per_s", "img/s (median of repeats)"),
+                ("median_img_per_cpu_s", "img per CPU-second"))):
+            ax = axes[row][col]
+            values = [peers[n].get(key, 0.0) or 0.0 for n in names]
+            colors = ["#1f77b4" if n.startswith("keras_kd")
+                      or n.startswith("keras_sakd") else
+                      "#d62728" if n.startswith("torch") else
+                      "#2ca02c" if n == "keras_distillation" else "#999999"
+                      for n in names]
+            ax.barh(range(len(names)), values, color=colors)
+            ax.set_yticks(range(len(names)))
+            ax.set_yticklabels(names, fontsize=8)
+            ax.invert_yaxis()
+            for i, v in enumerate(values):
+                ax.text(v, i, f" {v:.1f}", va="center", fontsize=7)
+            ax.set_xlabel(label)
+            ax.set_title(f"{pair}, batch 64 ({date[:10]})", fontsize=9)
+            ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(argv):
     del argv
     unknown = sorted({p.partition("@")[0] for p in FLAGS.peers}
                      - set(PEERS))
     if unknown:
         raise app.UsageError(f"Unknown peers {unknown}; known: {PEERS}")
+    if FLAGS.plot_from:
+        if not FLAGS.plot:
+            raise app.UsageError("--plot_from needs --plot=<file.png>.")
+        payloads = []
+        for path in FLAGS.plot_from:
+            with open(path, encoding="utf-8") as f:
+                payloads.append(json.load(f))
+        plot_results(payloads, FLAGS.plot)
+        print(f"wrote {FLAGS.plot}")
+        return
     if FLAGS.child == "mixed":
         _write(child_mixed(FLAGS.pairs[0]))
         return
@@ -976,6 +1041,8 @@ def main(argv):
     payload["uptime_after"] = _uptime()
     payload["wall_s"] = round(time.perf_counter() - start, 1)
     _write(payload)
+    if FLAGS.plot:
+        plot_results([payload], FLAGS.plot)
     print(f"machine: {payload['machine']['nproc']} CPUs "
           f"({payload['machine']['cpu_model']}); torch threads "
           f"{payload['torch_threads']}; input: {payload['input']}")

@@ -47,6 +47,10 @@ flags.DEFINE_string("dataset", None,
 flags.DEFINE_string("data_dir", None, "Dataset location.")
 flags.DEFINE_string("teacher_weights", None,
                     "Trained teacher weights (.weights.h5 or .keras).")
+flags.DEFINE_bool("shipped_teacher", True,
+                  "Without --teacher_weights, use the teacher weights "
+                  "shipped in weights/ when there are some for the recipe's "
+                  "teacher and dataset (weights/README.md).")
 flags.DEFINE_integer("teacher_epochs", 2,
                      "Without --teacher_weights: epochs to train the teacher "
                      "first (a quick teacher, reported as such).")
@@ -131,6 +135,24 @@ def _with_available_data(recipe):
     return recipe.override(**changes) if changes else recipe
 
 
+#: Teacher weights shipped in the repository: (model, dataset) -> path
+#: relative to the repository root (weights/README.md).
+SHIPPED_TEACHERS = {
+    ("resnet20", "cifar100"): os.path.join(
+        "weights", "cpu_protocol", "resnet20_cifar100.weights.h5"),
+}
+
+
+def shipped_teacher(recipe):
+    """The shipped weights for the recipe's teacher and dataset, or None."""
+    rel = SHIPPED_TEACHERS.get((recipe.teacher, recipe.data.dataset))
+    if rel is None or recipe.num_classes != 100:
+        return None
+    path = os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), rel)
+    return path if os.path.exists(path) else None
+
+
 def main(argv):
     del argv
     from keras_semkd import distribute
@@ -143,6 +165,14 @@ def main(argv):
     os.makedirs(run_dir, exist_ok=True)
     logging.info("Recipe:\n%s", recipe.to_json())
     teacher_path = os.path.join(run_dir, "teacher.weights.h5")
+    shipped = (shipped_teacher(recipe)
+               if FLAGS.shipped_teacher and recipe.teacher
+               and not recipe.teacher_weights else None)
+    if shipped:
+        logging.info("No --teacher_weights: using the shipped %s teacher "
+                     "%s (weights/README.md).", recipe.teacher, shipped)
+        print(f"teacher {recipe.teacher}: shipped weights {shipped}")
+        recipe = recipe.override(teacher_weights=shipped)
     if recipe.teacher and not recipe.teacher_weights:
         if not os.path.exists(teacher_path):
             teacher_recipe = configs.Recipe(

@@ -68,9 +68,15 @@ def load_data(recipe, data_dir=None):
 
 def classifier_view(model):
     """A single-output view (logits) of a dict-output zoo model; shares
-    its layers, so training the view trains the model."""
-    return keras.Model(model.inputs, model.output["logits"],
-                       name=f"{model.name}_logits")
+    its layers, so training the view trains the model.
+
+    The logits are cast to float32 (a `float32` linear activation, Keras'
+    mixed-precision recipe), so the loss and the top-k metrics see float32
+    under `mixed_bfloat16` too (the top-k kernels reject bfloat16)."""
+    logits = keras.layers.Activation(
+        "linear", dtype="float32", name="logits_float32"
+    )(model.output["logits"])
+    return keras.Model(model.inputs, logits, name=f"{model.name}_logits")
 
 
 def train(recipe, *, teacher=None, data_dir=None, verbose=1, callbacks=None):

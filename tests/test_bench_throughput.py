@@ -75,3 +75,28 @@ def test_script_smallest_run_writes_json(tmp_path):
     assert peer["median_img_per_s"] > 0
     assert result["config"]["steps"] == 2
     assert "resnet56:resnet20" in proc.stdout
+
+
+def test_plot_from_saved_results(tmp_path):
+    """`--plot_from` draws earlier result JSONs without timing anything."""
+    stats = {"median_img_per_s": 50.0, "median_img_per_cpu_s": 25.0}
+    payload = {"date": "2026-11-25T00:00:00+00:00", "pairs": {
+        "resnet20:resnet8": {
+            "peers": {"keras_kd": stats, "torch_kd": dict(stats)},
+            "mixed_precision": {"peers": {
+                "keras_kd": stats, "keras_kd@mixed_bfloat16": stats}},
+        }}}
+    src = tmp_path / "r.json"
+    src.write_text(json.dumps(payload))
+    png = tmp_path / "plot.png"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(EXPERIMENTS, "bench_throughput.py"),
+         f"--plot_from={src}", f"--plot={png}"],
+        capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert png.stat().st_size > 5000
+    bad = subprocess.run(
+        [sys.executable, os.path.join(EXPERIMENTS, "bench_throughput.py"),
+         f"--plot_from={src}"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "--plot_from needs --plot" in bad.stderr

@@ -121,3 +121,29 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_good_state(
     assert proc.returncode != 0
     assert "NonFiniteLossError" in proc.stderr
     assert "non-finite" in proc.stderr and "Last good state" in proc.stderr
+
+
+def test_classifier_view_trains_under_mixed_bfloat16():
+    """The student-alone path under mixed_bfloat16: logits reach the loss
+    and the top-5 metric as float32 (top-k rejects bfloat16)."""
+    from keras_semkd import models, training
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        view = training.classifier_view(models.get("resnet8",
+                                                   num_classes=10))
+        assert view.output.dtype == "float32"
+        view.compile(
+            optimizer=keras.optimizers.SGD(0.05),
+            loss=keras.losses.SparseCategoricalCrossentropy(
+                from_logits=True),
+            metrics=training._metrics(),
+        )
+        rng = np.random.default_rng(0)
+        x = rng.random((16, 32, 32, 3)).astype("float32")
+        y = rng.integers(0, 10, 16)
+        logs = view.fit(x, y, batch_size=8, epochs=1, verbose=0).history
+        assert np.isfinite(logs["loss"][-1]) and "top5" in logs
+        assert view.layers[-2].compute_dtype == "bfloat16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

@@ -134,6 +134,14 @@ def _register_all():
                 ),
             )
             _REGISTERED.add(key)
+    for variant in CPU_PROTOCOL_VARIANTS:
+        key = f"cpu_protocol-{variant}"
+        if key not in _REGISTERED:
+            RECIPES.register(key, lambda v=variant: cpu_protocol(v))
+            _REGISTERED.add(key)
+    if "cpu_protocol-teacher" not in _REGISTERED:
+        RECIPES.register("cpu_protocol-teacher", cpu_protocol_teacher)
+        _REGISTERED.add("cpu_protocol-teacher")
     if "cpu_smoke" not in _REGISTERED:
         RECIPES.register("cpu_smoke", _cpu_smoke)
         _REGISTERED.add("cpu_smoke")
@@ -169,4 +177,65 @@ def _cpu_smoke():
         epochs=1,
         optimizer=OptimizerConfig(learning_rate=0.05, milestones=()),
         data=DataConfig(batch_size=64, limit_train=5000, limit_eval=2000),
+    )
+
+
+#: The CPU accuracy protocol (BENCHMARKS.md, `experiments/cpu_protocol.py`):
+#: resnet20 -> resnet8 on the full CIFAR-100, sized so the whole table
+#: (9 variants x 3 seeds) fits in about 2 hours on 2 CPU cores. Variant ->
+#: (method, changes to the method's terms keyed by term name, recipe
+#: overrides).
+CPU_PROTOCOL_VARIANTS = {
+    "student": ("student", {}, {}),
+    "kd": ("kd", {}, {}),
+    "fitnet": ("fitnet", {}, {}),
+    "at": ("at", {}, {}),
+    "sakd": ("sakd", {}, {}),
+    # Ablations of our SAKD design (docs/method.md).
+    "sakd_no_alignment": ("sakd", {"sakd": {"alignment_weight": 0.0}}, {}),
+    "sakd_no_semantic": ("sakd", {"sakd": {"semantic": "none"}}, {}),
+    "sakd_grouped": ("sakd", {"sakd": {"mode": "grouped"}}, {}),
+    # Mixed precision check: KD in mixed_bfloat16 against KD in float32.
+    "kd_bf16": ("kd", {}, {"mixed_precision": "mixed_bfloat16"}),
+}
+
+CPU_PROTOCOL_TEACHER = "resnet20"
+CPU_PROTOCOL_STUDENT = "resnet8"
+CPU_PROTOCOL_EPOCHS = 4
+
+
+def cpu_protocol_teacher():
+    """The protocol's teacher: resnet20, 10 epochs (lr 0.05, x0.1 at 6
+    and 9), trained once; its weights ship in the repo (BENCHMARKS.md)."""
+    return Recipe(
+        name="cpu_protocol-teacher",
+        student=CPU_PROTOCOL_TEACHER,
+        epochs=10,
+        optimizer=OptimizerConfig(learning_rate=0.05, milestones=(6, 9)),
+    )
+
+
+def cpu_protocol(variant, seed=0):
+    """A student run of the CPU protocol: resnet8, 4 epochs over the full
+    training set (lr 0.05, x0.1 at epoch 3), batch 64, evaluated on the
+    10,000 test images."""
+    if variant not in CPU_PROTOCOL_VARIANTS:
+        raise KeyError(
+            f"Unknown CPU-protocol variant {variant!r}. Known: "
+            f"{', '.join(CPU_PROTOCOL_VARIANTS)}"
+        )
+    method, term_changes, overrides = CPU_PROTOCOL_VARIANTS[variant]
+    weight, terms = METHODS[method]
+    terms = tuple(
+        Term(t.name, t.weight, {**t.kwargs, **term_changes.get(t.name, {})})
+        for t in terms
+    )
+    return make_recipe(
+        CPU_PROTOCOL_TEACHER, CPU_PROTOCOL_STUDENT, method,
+        name=f"cpu_protocol-{variant}",
+        terms=terms,
+        epochs=CPU_PROTOCOL_EPOCHS,
+        optimizer=OptimizerConfig(learning_rate=0.05, milestones=(3,)),
+        seed=seed,
+        **overrides,
     )

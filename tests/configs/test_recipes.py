@@ -91,3 +91,35 @@ def test_short_gpu_and_cpu_smoke_recipes():
     assert [t.name for t in r.terms] == ["sakd", "kd"]
     smoke = configs.get("cpu_smoke")
     assert smoke.epochs == 1 and smoke.data.limit_train == 5000
+
+
+def test_cpu_protocol_recipes():
+    variants = configs.recipes.CPU_PROTOCOL_VARIANTS
+    assert {"student", "kd", "fitnet", "at", "sakd"} <= set(variants)
+    for v in variants:
+        r = configs.get(f"cpu_protocol-{v}")
+        assert (r.student, r.epochs) == ("resnet8", 4)
+        assert r.teacher == (None if v == "student" else "resnet20")
+        assert r.optimizer.milestones == (3,)
+    sakd = {t.name: t for t in configs.get("cpu_protocol-sakd").terms}
+    assert set(sakd) == {"sakd", "kd"}
+    ablations = {
+        "sakd_no_alignment": ("alignment_weight", 0.0),
+        "sakd_no_semantic": ("semantic", "none"),
+        "sakd_grouped": ("mode", "grouped"),
+    }
+    for v, (key, value) in ablations.items():
+        terms = {t.name: t for t in configs.get(f"cpu_protocol-{v}").terms}
+        assert terms["sakd"].kwargs[key] == value
+        # Everything else is the full SAKD recipe.
+        rest = {k: x for k, x in terms["sakd"].kwargs.items() if k != key}
+        assert rest == dict(sakd["sakd"].kwargs)
+        assert terms["kd"] == sakd["kd"]
+    assert configs.get("cpu_protocol-kd_bf16").mixed_precision == \
+        "mixed_bfloat16"
+    assert configs.get("cpu_protocol-kd").mixed_precision is None
+    teacher = configs.get("cpu_protocol-teacher")
+    assert (teacher.student, teacher.teacher, teacher.epochs) == \
+        ("resnet20", None, 10)
+    with pytest.raises(KeyError, match="Unknown CPU-protocol variant"):
+        configs.recipes.cpu_protocol("nope")
