@@ -176,8 +176,8 @@ def _train_teacher(log):
         "    import dataclasses\n"
         "    r = dataclasses.replace(r, epochs=1, data=DataConfig("
         "limit_train=640, limit_eval=640))\n"
-        "Runner(r, sys.argv[1], checkpoint_every=200, data_dir=sys.argv[3] "
-        "or None).run(verbose=2)\n"
+        "Runner(r, sys.argv[1], checkpoint_every=200, deterministic=False, "
+        "data_dir=sys.argv[3] or None).run(verbose=2)\n"
     )
     with open(os.path.join(_output_dir(), "teacher.log"), "a") as out:
         subprocess.run(

@@ -27,6 +27,24 @@ def _script(name, *args, env_extra=None):
     return proc.stdout
 
 
+def test_main_job_uses_the_shipped_teacher_on_cifar100(tmp_path):
+    from keras_semkd import data as data_lib
+
+    if data_lib.default_cifar100_dir() is None:
+        pytest.skip("no local CIFAR-100 copy (../shared/data)")
+    out = _script("distill.py", "--verbose=0", "--limit_train=128",
+                  "--limit_eval=128", f"--output_dir={tmp_path}")
+    shipped = os.path.join("weights", "cpu_protocol",
+                           "resnet20_cifar100.weights.h5")
+    assert "shipped weights" in out and shipped in out
+    run_dir = tmp_path / "cpu_smoke"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["teacher_weights"].endswith(shipped)
+    # No quick teacher was trained.
+    assert not (run_dir / "teacher").exists()
+    assert not (run_dir / "teacher.weights.h5").exists()
+
+
 def test_main_job_falls_back_to_generated_data_then_evaluates(tmp_path):
     env = {"KERAS_SEMKD_DATA": str(tmp_path / "no-data-here")}
     out = _script("distill.py", "--verbose=0", "--teacher_epochs=1",
