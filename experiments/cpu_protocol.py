@@ -126,8 +126,14 @@ def run_one(spec):
     """Trains one (variant, seed) run in this process."""
     from keras_semkd import training
 
+    import keras
+
     variant, seed = spec.split(":")
     recipe = _recipe(variant, int(seed))
+    if recipe.mixed_precision:
+        # The teacher runs under the recipe's policy too, as when
+        # experiments/distill.py builds it from teacher_weights.
+        keras.mixed_precision.set_global_policy(recipe.mixed_precision)
     teacher = None if recipe.teacher is None else _build_teacher()
     runner = training.Runner(recipe, _run_dir(variant, seed),
                              teacher=teacher, checkpoint_every=200,
