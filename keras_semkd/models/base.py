@@ -12,6 +12,9 @@ helpers here so that all models agree on:
   PyTorch weights; the extra pad costs ~1-2% of a resnet8x4 train step).
 * **BatchNorm.** `momentum=0.9, epsilon=1e-5`, i.e. PyTorch's
   `BatchNorm2d(momentum=0.1, eps=1e-5)`; gamma starts at 1 and beta at 0.
+  The layer is `models.batch_norm.BatchNormalization`: Keras' layer running
+  TF's fused kernel on the TensorFlow backend (same weights and numbers,
+  1.14x faster steps on CPU).
 * **Initialisation.** Each family states which RepDistiller init it copies;
   the initializers below reproduce PyTorch's formulas, including the
   depthwise case where Keras' fan computation differs from PyTorch's.
@@ -26,6 +29,7 @@ import numbers
 import keras
 from keras import ops
 
+from keras_semkd.models.batch_norm import BatchNormalization
 from keras_semkd.registry import Registry
 
 MODELS = Registry("model")
@@ -252,9 +256,10 @@ def depthwise_conv2d(
 
 
 def batch_norm(x, *, name, weight_decay):
-    """`nn.BatchNorm2d` with PyTorch's defaults (momentum 0.1, eps 1e-5)."""
+    """`nn.BatchNorm2d` with PyTorch's defaults (momentum 0.1, eps 1e-5),
+    on TF's fused kernel where possible (`models.batch_norm`)."""
     reg = regularizer(weight_decay)
-    return keras.layers.BatchNormalization(
+    return BatchNormalization(
         momentum=BN_MOMENTUM,
         epsilon=BN_EPSILON,
         gamma_regularizer=reg,
