@@ -79,6 +79,40 @@ def classifier_view(model):
     return keras.Model(model.inputs, logits, name=f"{model.name}_logits")
 
 
+def build_and_compile(recipe, teacher, train_info, optimizer):
+    """The compiled model a recipe trains, and its student: a `Distiller`
+    when the recipe (or `teacher`) has a teacher, else the student's
+    single-output `classifier_view` with cross-entropy.
+
+    Returns:
+        `(model, student)`.
+    """
+    if recipe.teacher is not None or teacher is not None:
+        if teacher is None and not recipe.teacher_weights:
+            raise ValueError(
+                f"Recipe {recipe.name!r} distills from {recipe.teacher!r} "
+                "but no trained teacher was given: pass teacher= or set "
+                "teacher_weights."
+            )
+        model = build.build_distiller(
+            recipe, teacher=teacher, input_shape=train_info.input_shape,
+            num_train_examples=train_info.num_examples,
+        )
+        model.compile(optimizer=optimizer, metrics=_metrics())
+        return model, model.student
+    student = build.build_model(
+        recipe.student, recipe.num_classes, recipe.optimizer.weight_decay,
+        input_shape=train_info.input_shape,
+    )
+    model = classifier_view(student)
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=_metrics(),
+    )
+    return model, student
+
+
 def train(recipe, *, teacher=None, data_dir=None, verbose=1, callbacks=None):
     """Trains `recipe.student` alone (no teacher in the recipe and none
     given) or distills the teacher into it.
@@ -104,32 +138,8 @@ def train(recipe, *, teacher=None, data_dir=None, verbose=1, callbacks=None):
     )
     optimizer = build.sgd_optimizer(recipe.optimizer, steps)
     started = time.time()
-    distill = recipe.teacher is not None or teacher is not None
-    if distill:
-        if teacher is None and not recipe.teacher_weights:
-            raise ValueError(
-                f"Recipe {recipe.name!r} distills from {recipe.teacher!r} "
-                "but no trained teacher was given: pass teacher= or set "
-                "teacher_weights."
-            )
-        model = build.build_distiller(
-            recipe, teacher=teacher, input_shape=train_info.input_shape,
-            num_train_examples=train_info.num_examples,
-        )
-        student = model.student
-        model.compile(optimizer=optimizer, metrics=_metrics())
-    else:
-        student = build.build_model(
-            recipe.student, recipe.num_classes,
-            recipe.optimizer.weight_decay,
-            input_shape=train_info.input_shape,
-        )
-        model = classifier_view(student)
-        model.compile(
-            optimizer=optimizer,
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=_metrics(),
-        )
+    model, student = build_and_compile(recipe, teacher, train_info,
+                                       optimizer)
     history = model.fit(
         train_ds, epochs=recipe.epochs, steps_per_epoch=steps,
         validation_data=test_ds, verbose=verbose, callbacks=callbacks,
@@ -343,33 +353,8 @@ class Runner:
         scope = self.strategy.scope() if self.strategy else _null_scope()
         with scope:
             optimizer = build.sgd_optimizer(recipe.optimizer, steps)
-            if recipe.teacher is not None or self.teacher is not None:
-                if self.teacher is None and not recipe.teacher_weights:
-                    raise ValueError(
-                        f"Recipe {recipe.name!r} distills from "
-                        f"{recipe.teacher!r} but no trained teacher was "
-                        "given: pass teacher= or set teacher_weights."
-                    )
-                model = build.build_distiller(
-                    recipe, teacher=self.teacher,
-                    input_shape=train_info.input_shape,
-                    num_train_examples=train_info.num_examples,
-                )
-                student = model.student
-                model.compile(optimizer=optimizer, metrics=_metrics())
-            else:
-                student = build.build_model(
-                    recipe.student, recipe.num_classes,
-                    recipe.optimizer.weight_decay,
-                    input_shape=train_info.input_shape,
-                )
-                model = classifier_view(student)
-                model.compile(
-                    optimizer=optimizer,
-                    loss=keras.losses.SparseCategoricalCrossentropy(
-                        from_logits=True),
-                    metrics=_metrics(),
-                )
+            model, student = build_and_compile(
+                recipe, self.teacher, train_info, optimizer)
             model.optimizer.build(model.trainable_variables)
         # Build the compiled metrics now (Keras builds them lazily in the
         # first step), so a resumed run can restore their accumulators.
