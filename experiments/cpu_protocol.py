@@ -377,7 +377,9 @@ def plot_results(summary, curves, teacher_top1, plot_dir):
     hi = max(max(summary[n]["top1_last"]) for n in names)
     ax.set_ylim(max(0.0, lo - 3), hi + 2)
     ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, rotation=30, ha="right")
+    ax.set_xticklabels(
+        [f"{n} (n={len(summary[n]['top1_last'])})" for n in names],
+        rotation=30, ha="right")
     ax.set_ylabel("test top-1 (%), last epoch")
     ax.set_title(f"CPU protocol: resnet20 ({teacher_top1:.1f} %) -> "
                  f"resnet8, 4 epochs, mean ± std over seeds")
@@ -390,6 +392,8 @@ def plot_results(summary, curves, teacher_top1, plot_dir):
     for n, arr in curves.items():
         ax.plot(np.arange(1, arr.shape[1] + 1), arr.mean(axis=0),
                 marker="o", label=n)
+    epochs = max(arr.shape[1] for arr in curves.values())
+    ax.set_xticks(range(1, epochs + 1))
     ax.set_xlabel("epoch")
     ax.set_ylabel("test top-1 (%)")
     ax.grid(alpha=0.3)
