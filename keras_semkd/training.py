@@ -44,11 +44,13 @@ def load_data(recipe, data_dir=None):
         cfg.dataset, "train", cfg.batch_size, data_dir=data_dir,
         augment=cfg.augment, seed=recipe.seed,
         validation_split=cfg.validation_split, with_index=with_index,
+        split_seed=cfg.split_seed,
     )
     eval_split = "validation" if cfg.validation_split > 0 else "test"
     test_ds, test_info = data_lib.get_dataset(
         cfg.dataset, eval_split, cfg.batch_size, data_dir=data_dir,
         seed=recipe.seed, validation_split=cfg.validation_split,
+        split_seed=cfg.split_seed,
     )
     steps = train_info.num_batches
     if cfg.limit_train:
@@ -316,7 +318,7 @@ class Runner:
             cfg.dataset, "train", cfg.batch_size, data_dir=self.data_dir,
             augment=cfg.augment, seed=self.recipe.seed,
             validation_split=cfg.validation_split, with_index=with_index,
-            epoch=epoch,
+            split_seed=cfg.split_seed, epoch=epoch,
         )
         if cfg.limit_train:
             train_ds = train_ds.take(self.steps_per_epoch)
@@ -341,6 +343,7 @@ class Runner:
         self.eval_ds, self.eval_info = data_lib.get_dataset(
             cfg.dataset, eval_split, cfg.batch_size, data_dir=self.data_dir,
             seed=recipe.seed, validation_split=cfg.validation_split,
+            split_seed=cfg.split_seed,
         )
         if cfg.limit_eval:
             self.eval_ds = self.eval_ds.take(

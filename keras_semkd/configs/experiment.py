@@ -121,6 +121,10 @@ class DataConfig:
     data_dir: Optional[str] = None
     batch_size: int = 64
     validation_split: float = 0.0
+    # Seed of the validation carve-out; None: the recipe's seed. Fix it to
+    # keep one validation set across seeds (and the teacher's training
+    # images disjoint from it).
+    split_seed: Optional[int] = None
     augment: bool = True
     limit_train: Optional[int] = None  # first N training examples (smoke)
     limit_eval: Optional[int] = None

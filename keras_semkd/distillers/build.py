@@ -132,15 +132,19 @@ def build_distiller(recipe, teacher=None, student=None,
             f"Recipe {recipe.name!r} has no teacher: train the student "
             "alone with keras_semkd.training instead."
         )
+    # The student first: right after `keras.utils.set_random_seed(seed)` it
+    # gets the same initial weights as the same student trained alone or
+    # distilled by any other method (paired seeds), whether or not the
+    # teacher is built here.
+    if student is None:
+        student = build_model(recipe.student, recipe.num_classes,
+                              recipe.optimizer.weight_decay,
+                              input_shape=input_shape)
     if teacher is None:
         teacher = build_model(recipe.teacher, recipe.num_classes,
                               input_shape=input_shape)
         if recipe.teacher_weights:
             teacher.load_weights(recipe.teacher_weights)
-    if student is None:
-        student = build_model(recipe.student, recipe.num_classes,
-                              recipe.optimizer.weight_decay,
-                              input_shape=input_shape)
     terms = resolve_terms(recipe.terms, teacher, student,
                           weight_decay=recipe.optimizer.weight_decay,
                           num_train_examples=num_train_examples)

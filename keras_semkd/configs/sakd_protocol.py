@@ -1,0 +1,149 @@
+"""The SAKD accuracy protocols on the real CIFAR-100 (issue #9).
+
+Two protocols, one set of rules (docs/protocol.md, "SAKD protocols"):
+
+- **screening**: compares SAKD designs and loss weights quickly (few steps
+  per epoch, paired seeds) and is scored on the *validation* split carved
+  out of train; the choice of the final design is made here.
+- **confirmation**: the chosen SAKD against the baselines and its own
+  ablations, 5 paired seeds, full training split (minus the validation
+  carve-out), scored on validation every epoch and on the *test* split
+  once, at the end.
+
+Data: CIFAR-100 train is split once (stratified, `split_seed=0`) into 45,000
+training and 5,000 validation images; the same carve-out for every seed,
+arm and teacher, so the teachers never saw a validation image.
+
+Within a seed every arm of a pair starts from the same student weights and
+sees the same data order and augmentation (the student is built first after
+`keras.utils.set_random_seed(seed)`, and each epoch's stream is a fixed
+function of `(seed, epoch)`); `tests/test_sakd_protocol.py` checks it.
+
+No TensorFlow import here (configs).
+"""
+
+import dataclasses
+
+from keras_semkd.configs.experiment import DataConfig
+from keras_semkd.configs.experiment import OptimizerConfig
+from keras_semkd.configs.experiment import Recipe
+from keras_semkd.configs.experiment import Term
+
+#: One carve-out for everything: 10 % of train, stratified, seed 0.
+DATA = DataConfig(batch_size=64, validation_split=0.1, split_seed=0)
+
+#: Teachers, trained once on the 45,000 training images and shipped in
+#: `weights/sakd_protocol/` (weights/README.md). 30 epochs with the
+#: standard schedule's decay points scaled from 240 to 30 epochs.
+TEACHER_EPOCHS = 30
+TEACHERS = {
+    "resnet20": OptimizerConfig(learning_rate=0.05, milestones=(19, 23, 26)),
+    # RepDistiller trains MobileNetV2 with lr 0.01; 0.02 for the short
+    # schedule.
+    "MobileNetV2": OptimizerConfig(learning_rate=0.02,
+                                   milestones=(19, 23, 26)),
+}
+
+#: The pairs: one whose stage features differ in channels *and* spatial
+#: size (MobileNetV2 16x16x12 / 8x8x16 / 4x4x48 against resnet8 32x32x16 /
+#: 16x16x32 / 8x8x64), and the homogeneous resnet20 -> resnet8.
+PAIRS = {
+    "mbv2-r8": ("MobileNetV2", "resnet8"),
+    "r20-r8": ("resnet20", "resnet8"),
+}
+
+STUDENT_EPOCHS = 10
+STUDENT_OPTIMIZER = OptimizerConfig(learning_rate=0.05, milestones=(6, 8, 9))
+
+
+def teacher_weights_path(model):
+    """Repository-relative path of a shipped protocol teacher."""
+    return f"weights/sakd_protocol/{model}_cifar100_train45k.weights.h5"
+
+
+def teacher_recipe(model, seed=0):
+    if model not in TEACHERS:
+        raise KeyError(
+            f"Unknown protocol teacher {model!r}. Known: {sorted(TEACHERS)}")
+    return Recipe(
+        name=f"sakd_protocol-teacher-{model}", student=model,
+        epochs=TEACHER_EPOCHS, optimizer=TEACHERS[model], data=DATA,
+        seed=seed,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Arms: method -> (student loss weight, terms). Baselines keep their
+# standard weights (configs.recipes.METHODS).
+# ---------------------------------------------------------------------------
+def _baselines():
+    from keras_semkd.configs import recipes
+
+    return {m: recipes.METHODS[m]
+            for m in ("student", "kd", "fitnet", "at", "crd")}
+
+
+ARMS = {}  # filled below, after the SAKD designs
+
+
+def arm_terms(arm):
+    """`(student_loss_weight, terms)` of an arm."""
+    table = {**_baselines(), **ARMS, **SCREENING_ARMS}
+    if arm not in table:
+        raise KeyError(f"Unknown protocol arm {arm!r}. Known: "
+                       f"{', '.join(sorted(table))}")
+    return table[arm]
+
+
+def student_recipe(pair, arm, seed, *, epochs=STUDENT_EPOCHS,
+                   steps_per_epoch=None, protocol="confirmation"):
+    """The recipe of one run: `pair` (a `PAIRS` key), `arm`, `seed`."""
+    if pair not in PAIRS:
+        raise KeyError(f"Unknown protocol pair {pair!r}. Known: "
+                       f"{sorted(PAIRS)}")
+    teacher, student = PAIRS[pair]
+    weight, terms = arm_terms(arm)
+    data = DATA
+    if steps_per_epoch:
+        data = dataclasses.replace(
+            DATA, limit_train=steps_per_epoch * DATA.batch_size)
+    return Recipe(
+        name=f"sakd_{protocol}-{pair}-{arm}",
+        teacher=None if not terms else teacher,
+        student=student,
+        terms=terms,
+        student_loss_weight=weight,
+        epochs=epochs,
+        optimizer=STUDENT_OPTIMIZER,
+        data=data,
+        seed=seed,
+        teacher_weights=teacher_weights_path(teacher) if terms else None,
+    )
+
+
+SCREENING_ARMS = {}
+
+#: The arm every comparison is made against.
+REFERENCE_ARM = "sakd"
+
+SCREENING = {
+    "pairs": ("mbv2-r8", "r20-r8"),
+    "arms": {"mbv2-r8": (), "r20-r8": ()},
+    "seeds": (0, 1, 2),
+    "epochs": 5,
+    "steps_per_epoch": 300,
+}
+
+CONFIRMATION = {
+    "pairs": ("mbv2-r8", "r20-r8"),
+    "arms": {
+        "mbv2-r8": ("student", "kd", "fitnet", "at", "crd", "sakd",
+                    "sakd_no_branch", "sakd_no_alignment"),
+        "r20-r8": ("student", "kd", "fitnet", "crd", "sakd"),
+    },
+    "seeds": (0, 1, 2, 3, 4),
+    "ablations": {"mbv2-r8": ("sakd_no_branch", "sakd_no_alignment")},
+}
+__all__ = ["DATA", "PAIRS", "TEACHERS", "ARMS", "SCREENING_ARMS",
+           "student_recipe", "teacher_recipe", "teacher_weights_path",
+           "Term"]

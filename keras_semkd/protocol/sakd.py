@@ -1,0 +1,489 @@
+"""The SAKD protocols (issue #9): teacher runs, student runs, the report.
+
+`experiments/sakd_protocol.py` is the command line; this module does the
+work so that tests can drive it without importing `experiments/`.
+Definitions (pairs, arms, schedules, data split) are in
+`keras_semkd.configs.sakd_protocol`.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+
+from keras_semkd.configs import sakd_protocol as spec
+from keras_semkd.protocol import core
+
+TEACHER_FIELDS = ("protocol", "teacher", "epochs", "val_top1", "test_top1",
+                  "wall_s", "git_commit", "date", "weights", "md5")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    results_dir: str = "results"
+    runs_dir: str = os.path.join("runs", "sakd_protocol")
+    data_dir: str = None
+    smoke: bool = False
+    #: Where shipped teacher weights are read and written (repo root).
+    weights_root: str = "."
+
+
+#: Smoke runs: 2 steps per epoch, 1 epoch, 256 evaluation images.
+SMOKE_STEPS = 2
+SMOKE_EVAL = 256
+
+
+def progress(options):
+    return core.Progress(os.path.join(options.runs_dir, "progress.log"))
+
+
+def results_file(stage, options):
+    return core.ResultsFile(
+        os.path.join(options.results_dir, f"sakd_{stage}", "runs.jsonl"))
+
+
+def teachers_file(options):
+    return core.ResultsFile(
+        os.path.join(options.results_dir, "sakd_teachers", "teachers.jsonl"),
+        key_fields=("teacher",), required=TEACHER_FIELDS)
+
+
+def teacher_path(model, options):
+    path = spec.teacher_weights_path(model)
+    if options.smoke:
+        return os.path.join(options.runs_dir, "teachers",
+                            os.path.basename(path))
+    return os.path.join(options.weights_root, path)
+
+
+def _md5(path):
+    import hashlib
+
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# Stage definitions.
+# ---------------------------------------------------------------------------
+def stage_plan(stage):
+    """`(pairs, arms per pair, seeds, epochs, steps_per_epoch, score_test)`
+    of a stage."""
+    if stage == "screening":
+        s = spec.SCREENING
+        return (s["pairs"], s["arms"], s["seeds"], s["epochs"],
+                s["steps_per_epoch"], False)
+    if stage == "confirmation":
+        c = spec.CONFIRMATION
+        return (c["pairs"], c["arms"], c["seeds"], spec.STUDENT_EPOCHS,
+                None, True)
+    raise ValueError(f"Unknown stage {stage!r}")
+
+
+def stage_recipe(stage, pair, arm, seed, options):
+    _, _, _, epochs, steps, _ = stage_plan(stage)
+    if options.smoke:
+        epochs, steps = 1, SMOKE_STEPS
+    recipe = spec.student_recipe(pair, arm, seed, epochs=epochs,
+                                 steps_per_epoch=steps, protocol=stage)
+    if options.smoke:
+        recipe = dataclasses.replace(
+            recipe, data=dataclasses.replace(recipe.data,
+                                             limit_eval=SMOKE_EVAL))
+    return recipe
+
+
+def job_id(stage, pair, arm, seed):
+    return f"{stage}:{pair}:{arm}:{seed}"
+
+
+def parse_job(job):
+    parts = job.split(":")
+    if parts[0] == "teacher" and len(parts) == 2:
+        return ("teacher", parts[1])
+    if len(parts) != 4:
+        raise ValueError(f"Bad job id {job!r}")
+    return parts[0], parts[1], parts[2], int(parts[3])
+
+
+def plan_jobs(stage, options, pairs=None, arms=None, seeds=None):
+    """The job ids of a stage not yet recorded in its results file, seeds
+    outermost (a partial table still has every arm)."""
+    s_pairs, s_arms, s_seeds, _, _, _ = stage_plan(stage)
+    pairs = list(pairs or s_pairs)
+    seeds = [int(s) for s in (seeds or s_seeds)]
+    for p in pairs:  # unknown names fail here, before any training
+        if p not in s_arms:
+            raise KeyError(f"Pair {p!r} is not in the {stage} plan "
+                           f"({sorted(s_arms)})")
+        for a in (arms or s_arms[p]):
+            spec.arm_terms(a)
+    done = results_file(stage, options).done_keys()
+    jobs = []
+    for seed in seeds:
+        for pair in pairs:
+            for arm in (arms or s_arms[pair]):
+                if (pair, arm, seed) not in done:
+                    jobs.append(job_id(stage, pair, arm, seed))
+    return jobs
+
+
+def job_cost(job):
+    """Relative cost of a job, for the ETA (MobileNetV2 teacher steps are
+    cheaper than resnet20's)."""
+    kind = parse_job(job)
+    if kind[0] == "teacher":
+        return 3.0
+    return 0.8 if kind[1] == "mbv2-r8" else 1.0
+
+
+# ---------------------------------------------------------------------------
+# Running.
+# ---------------------------------------------------------------------------
+def _command(script, options):
+    def command(job):
+        args = [sys.executable, os.path.abspath(script), f"--run_one={job}",
+                f"--results_dir={_strip_smoke(options.results_dir, options)}",
+                f"--runs_dir={_strip_smoke(options.runs_dir, options)}",
+                f"--smoke={options.smoke}"]
+        if options.data_dir:
+            args.append(f"--data_dir={options.data_dir}")
+        return args
+
+    return command
+
+
+def _strip_smoke(path, options):
+    return path[:-len("-smoke")] if options.smoke and path.endswith(
+        "-smoke") else path
+
+
+def _job_log(options):
+    def path(job):
+        return os.path.join(options.runs_dir, "logs",
+                            job.replace(":", "_") + ".txt")
+
+    return path
+
+
+def run_teachers(options, log, workers=2, threads=1, script=None):
+    todo = [m for m in spec.TEACHERS
+            if not os.path.exists(teacher_path(m, options))]
+    log(f"teachers to train: {todo or 'none'}")
+    failures = core.run_pool(
+        [f"teacher:{m}" for m in todo], _command(script, options),
+        workers=workers, threads_per_worker=threads, log=log,
+        log_path=_job_log(options), cost=job_cost)
+    if failures:
+        raise SystemExit(f"teacher runs failed: {failures}")
+
+
+def run_stage(stage, options, log, pairs=None, arms=None, seeds=None,
+              workers=2, threads=1, script=None):
+    s_pairs, _, _, _, _, _ = stage_plan(stage)
+    needed = {spec.PAIRS[p][0] for p in (pairs or s_pairs)}
+    missing = [m for m in needed
+               if not os.path.exists(teacher_path(m, options))]
+    if missing:
+        if options.smoke:
+            run_teachers(options, log, workers, threads, script)
+        else:
+            raise FileNotFoundError(
+                f"Teacher weights missing for {missing}: run "
+                "--stage=teachers first (or check out the shipped "
+                "weights/sakd_protocol/).")
+    jobs = plan_jobs(stage, options, pairs, arms, seeds)
+    log(f"{stage}: {len(jobs)} runs to do, {workers} at a time")
+    return core.run_pool(jobs, _command(script, options), workers=workers,
+                         threads_per_worker=threads, log=log,
+                         log_path=_job_log(options), cost=job_cost)
+
+
+def build_teacher(model, options):
+    """The frozen protocol teacher `model` with its shipped weights."""
+    from keras_semkd.distillers import build
+
+    teacher = build.build_model(model, 100)
+    path = teacher_path(model, options)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"Teacher weights {path!r} not found: run "
+            "experiments/sakd_protocol.py --stage=teachers.")
+    teacher.load_weights(path)
+    teacher.trainable = False
+    return teacher
+
+
+def evaluate_top1(model, split, options, limit=None):
+    """Top-1 (%) of a dict-output model on the protocol's `split`
+    (`"validation"` = the carve-out, `"test"` = the official test set)."""
+    from keras import ops
+
+    from keras_semkd import data as data_lib
+
+    ds, info = data_lib.get_dataset(
+        "cifar100", split, 250, data_dir=options.data_dir,
+        validation_split=spec.DATA.validation_split,
+        split_seed=spec.DATA.split_seed)
+    correct, total = 0, 0
+    for x, y in ds:
+        logits = model(x, training=False)["logits"]
+        pred = ops.convert_to_numpy(ops.argmax(logits, axis=-1))
+        y = np.asarray(y)
+        correct += int((pred == y).sum())
+        total += int(y.shape[0])
+        if limit and total >= limit:
+            break
+    return 100.0 * correct / total, total
+
+
+def run_job(job, options):
+    """Runs one job in this process and appends its result line."""
+    import keras
+
+    from keras_semkd import training
+
+    kind = parse_job(job)
+    started = time.time()
+    if kind[0] == "teacher":
+        model = kind[1]
+        recipe = spec.teacher_recipe(model)
+        if options.smoke:
+            recipe = dataclasses.replace(
+                recipe, epochs=1, data=dataclasses.replace(
+                    recipe.data, limit_train=SMOKE_STEPS * 64,
+                    limit_eval=SMOKE_EVAL))
+        run_dir = os.path.join(options.runs_dir, f"teacher-{model}")
+        runner = training.Runner(recipe, run_dir, checkpoint_every=200,
+                                 data_dir=options.data_dir)
+        report = runner.run(verbose=2)
+        limit = SMOKE_EVAL if options.smoke else None
+        test_top1, n_test = evaluate_top1(runner.student, "test", options,
+                                          limit)
+        path = teacher_path(model, options)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        shutil.copyfile(os.path.join(run_dir, "checkpoints",
+                                     "last.weights.h5"), path)
+        teachers_file(options).append({
+            "protocol": "sakd_teachers", "teacher": model,
+            "epochs": recipe.epochs,
+            "val_top1": 100.0 * report["last"]["top1"],
+            "test_top1": test_top1, "test_images": n_test,
+            "wall_s": round(time.time() - started, 1),
+            "epoch_s": [round(h["seconds"], 1) for h in report["history"]],
+            "git_commit": core.git_commit(), "date": core.utc_now(),
+            "weights": spec.teacher_weights_path(model), "md5": _md5(path),
+            "recipe": recipe.to_dict(),
+        })
+        return
+    stage, pair, arm, seed = kind
+    recipe = stage_recipe(stage, pair, arm, seed, options)
+    if recipe.mixed_precision:
+        keras.mixed_precision.set_global_policy(recipe.mixed_precision)
+    teacher = (build_teacher(recipe.teacher, options)
+               if recipe.teacher else None)
+    run_dir = os.path.join(options.runs_dir, stage, pair, arm, f"seed{seed}")
+    runner = training.Runner(recipe, run_dir, teacher=teacher,
+                             checkpoint_every=200, data_dir=options.data_dir)
+    report = runner.run(verbose=2)
+    _, _, _, _, _, score_test = stage_plan(stage)
+    test_top1 = None
+    if score_test:
+        limit = SMOKE_EVAL if options.smoke else None
+        test_top1, _ = evaluate_top1(runner.student, "test", options, limit)
+    t_name, s_name = spec.PAIRS[pair]
+    results_file(stage, options).append({
+        "protocol": f"sakd_{stage}", "pair": pair, "teacher": t_name,
+        "student": s_name, "arm": arm, "seed": seed,
+        "epochs": recipe.epochs,
+        "steps_per_epoch": runner.steps_per_epoch,
+        "val_top1": 100.0 * report["last"]["top1"],
+        "val_top1_best": 100.0 * report["best_top1"],
+        "test_top1": test_top1,
+        "wall_s": round(time.time() - started, 1),
+        "epoch_s": [round(h["seconds"], 1) for h in report["history"]],
+        "val_curve": [round(100.0 * h["val_top1"], 2)
+                      for h in report["history"]],
+        "git_commit": core.git_commit(), "date": core.utc_now(),
+        "recipe": recipe.to_dict(),
+    })
+
+
+# ---------------------------------------------------------------------------
+# The report: tables, paired statistics, plots, from runs.jsonl alone.
+# ---------------------------------------------------------------------------
+def _by_arm(records, pair, metric):
+    out = {}
+    for r in records:
+        if r["pair"] == pair and r.get(metric) is not None:
+            out.setdefault(r["arm"], {})[r["seed"]] = float(r[metric])
+    return out
+
+
+def summarize(records, stage):
+    """Per pair: arm statistics and SAKD's paired comparisons.
+
+    Returns a JSON-able dict. The metric is test top-1 for the
+    confirmation protocol, validation top-1 for screening.
+    """
+    metric = "test_top1" if stage == "confirmation" else "val_top1"
+    reference = spec.REFERENCE_ARM
+    out = {"metric": metric, "pairs": {}}
+    for pair in sorted({r["pair"] for r in records}):
+        arms = _by_arm(records, pair, metric)
+        vals = _by_arm(records, pair, "val_top1")
+        rows = {}
+        for arm, seeds in arms.items():
+            m, s = core.mean_std(list(seeds.values()))
+            vm, vs = core.mean_std(list(vals.get(arm, {}).values()) or [0])
+            secs = [np.mean(r["epoch_s"]) for r in records
+                    if r["pair"] == pair and r["arm"] == arm
+                    and r.get("epoch_s")]
+            rows[arm] = {"n": len(seeds), "mean": m, "std": s,
+                         "val_mean": vm, "val_std": vs,
+                         "seconds_per_epoch": float(np.median(secs))
+                         if secs else None,
+                         "per_seed": seeds}
+        comparisons = {}
+        if reference in arms:
+            for arm in arms:
+                if arm != reference:
+                    comparisons[arm] = core.paired_comparison(
+                        arms[reference], arms[arm])
+        verdict = None
+        if reference in arms and stage == "confirmation":
+            verdict = win_verdict(comparisons, pair)
+        out["pairs"][pair] = {"arms": rows, "comparisons": comparisons,
+                              "verdict": verdict}
+    return out
+
+
+def win_verdict(comparisons, pair):
+    """Issue #9's rule: SAKD wins when it is >= 0.5 points above each of
+    KD, FitNet and CRD with p < 0.05 and >= 4/5 seeds positive, and above
+    its own ablations."""
+    reasons = []
+    ok = True
+    for arm in ("kd", "fitnet", "crd"):
+        c = comparisons.get(arm)
+        if c is None:
+            reasons.append(f"{arm}: not run")
+            ok = False
+            continue
+        good = (c["mean_diff"] >= 0.5 and c["p"] < 0.05
+                and c["wins"] >= 4 and c["n"] >= 5)
+        ok &= good
+        reasons.append(f"{arm}: {c['mean_diff']:+.2f}, p={c['p']:.3f}, "
+                       f"{c['wins']}/{c['n']} {'ok' if good else 'no'}")
+    for arm in spec.CONFIRMATION["ablations"].get(pair, ()):
+        c = comparisons.get(arm)
+        if c is None:
+            continue
+        good = c["mean_diff"] > 0
+        ok &= good
+        reasons.append(f"{arm}: {c['mean_diff']:+.2f} "
+                       f"{'ok' if good else 'no'}")
+    return {"wins": bool(ok), "reasons": reasons}
+
+
+def markdown(summary, stage):
+    metric = summary["metric"]
+    lines = []
+    for pair, data in summary["pairs"].items():
+        t, s = spec.PAIRS[pair]
+        lines.append(f"**{pair}** ({t} → {s}), {metric.replace('_', ' ')} "
+                     "(%), mean ± std over seeds:\n")
+        head = "| arm | n | " + ("test top-1 | val top-1 |"
+                               if stage == "confirmation" else
+                               "val top-1 |") + \
+            f" {spec.REFERENCE_ARM} − arm | one-sided p | wins | s/epoch |"
+        lines.append(head)
+        lines.append("|" + "---|" * (head.count("|") - 1))
+        order = sorted(data["arms"],
+                       key=lambda a: -data["arms"][a]["mean"])
+        for arm in order:
+            r = data["arms"][arm]
+            c = data["comparisons"].get(arm)
+            diff = (f"{c['mean_diff']:+.2f} ± {c['std_diff']:.2f}"
+                    if c else "—")
+            p = f"{c['p']:.3f}" if c and c["p"] == c["p"] else "—"
+            wins = f"{c['wins']}/{c['n']}" if c else "—"
+            sec = (f"{r['seconds_per_epoch']:.0f}"
+                   if r["seconds_per_epoch"] else "—")
+            cols = f"{r['mean']:.2f} ± {r['std']:.2f} |"
+            if stage == "confirmation":
+                cols += f" {r['val_mean']:.2f} ± {r['val_std']:.2f} |"
+            lines.append(f"| {arm} | {r['n']} | {cols} {diff} | {p} | "
+                         f"{wins} | {sec} |")
+        if data.get("verdict"):
+            v = data["verdict"]
+            lines.append("")
+            lines.append(f"Verdict ({pair}): SAKD "
+                         f"{'WINS' if v['wins'] else 'does not win'} by the "
+                         "issue's rule — " + "; ".join(v["reasons"]) + ".")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(summary, stage, path):
+    """One panel per pair: every seed as a dot, mean ± std as a bar, arms
+    sorted by mean; the reference arm in blue."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = list(summary["pairs"])
+    if not pairs:
+        return
+    fig, axes = plt.subplots(1, len(pairs), figsize=(6.5 * len(pairs), 4.2),
+                             squeeze=False)
+    for ax, pair in zip(axes[0], pairs):
+        arms = summary["pairs"][pair]["arms"]
+        order = sorted(arms, key=lambda a: arms[a]["mean"])
+        for i, arm in enumerate(order):
+            r = arms[arm]
+            color = ("#1f77b4" if arm.startswith("sakd") else
+                     "#888888" if arm == "student" else "#ff7f0e")
+            ax.barh(i, r["mean"], xerr=r["std"], color=color, alpha=0.7,
+                    capsize=3)
+            ax.scatter(list(r["per_seed"].values()),
+                       [i] * len(r["per_seed"]), color="black", s=9,
+                       zorder=3)
+        ax.set_yticks(range(len(order)))
+        ax.set_yticklabels([f"{a} (n={arms[a]['n']})" for a in order],
+                           fontsize=8)
+        lo = min(min(arms[a]["per_seed"].values()) for a in order)
+        hi = max(max(arms[a]["per_seed"].values()) for a in order)
+        ax.set_xlim(lo - 2, hi + 1)
+        t, s = spec.PAIRS[pair]
+        ax.set_title(f"{stage}: {t} → {s}", fontsize=10)
+        ax.set_xlabel(f"{summary['metric'].replace('_', ' ')} (%)")
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(stage, options, log=print):
+    records = results_file(stage, options).records()
+    if not records:
+        log(f"{stage}: no recorded runs")
+        return None
+    summary = summarize(records, stage)
+    out = os.path.join(options.results_dir, f"sakd_{stage}")
+    text = markdown(summary, stage)
+    with open(os.path.join(out, "table.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=1, default=str)
+    plot(summary, stage, os.path.join(out, f"sakd_{stage}.png"))
+    log("\n" + text)
+    return summary
