@@ -83,7 +83,47 @@ def _baselines():
             for m in ("student", "kd", "fitnet", "at", "crd")}
 
 
-ARMS = {}  # filled below, after the SAKD designs
+_KD = Term("kd", 0.9, {"temperature": 4.0})
+
+#: The first SAKD design (the library's default until issue #9): 4x4 grid,
+#: cosine tokens, one co-trained head on all stages, 1-epoch warm-up.
+SAKD_V1 = {
+    "teacher_keys": "@stages", "mode": "spatial", "grid": 4,
+    "temperature": 0.1, "token_norm": "position", "alignment": "kl",
+    "alignment_weight": 1.0, "semantic": "shared", "head_scope": "joint",
+    "head_input": "uniformized", "head_weight": 1.0,
+    "semantic_ce_weight": 1.0, "semantic_kd_weight": 1.0,
+    "head_temperature": 4.0, "warmup_epochs": 1, "prefit_steps": 0,
+}
+
+#: Native-resolution alignment: each pair pooled to the smaller of its two
+#: grids (at most 8x8).
+_NATIVE = {"grid": "smaller", "max_grid": 8}
+
+#: Candidate (A): a probe fitted on the frozen teacher's uniformized vectors
+#: before training, then frozen and used as a metric (KL only, no CE).
+_PROBE = {"semantic": "shared", "head_scope": "joint",
+          "head_input": "uniformized", "prefit_steps": 1000,
+          "semantic_ce_weight": 0.0, "warmup_epochs": 0}
+
+#: Candidate (B): per-stage twin branches on the stage maps pooled to 4x4;
+#: teacher branches prefitted and frozen, student branches trained with
+#: CE + KL to them; alignment weighted by the teacher branch's confidence.
+_TWIN = {"semantic": "separate", "head_scope": "per_stage",
+         "head_input": "pooled", "pool_grid": 4, "prefit_steps": 1000,
+         "warmup_epochs": 0, "confidence_weighting": True}
+
+
+def sakd_arm(sakd_kwargs, sakd_weight=1.0, with_kd=True):
+    """`(student loss weight, terms)`: CE 0.1 + KD 0.9 + SAKD, with the
+    SAKD arguments `SAKD_V1` updated by `sakd_kwargs`."""
+    terms = (Term("sakd", sakd_weight, {**SAKD_V1, **sakd_kwargs}),)
+    if with_kd:
+        terms = terms + (_KD,)
+    return (0.1 if with_kd else 1.0, terms)
+
+
+ARMS = {}  # the chosen design and its ablations, after the screening
 
 
 def arm_terms(arm):
@@ -121,7 +161,17 @@ def student_recipe(pair, arm, seed, *, epochs=STUDENT_EPOCHS,
     )
 
 
-SCREENING_ARMS = {}
+SCREENING_ARMS = {
+    "sakd_v1": sakd_arm({}),
+    "align_g4": sakd_arm({"semantic": "none"}),
+    "align_native": sakd_arm({**_NATIVE, "semantic": "none"}),
+    "align_native_map": sakd_arm({**_NATIVE, "semantic": "none",
+                                  "token_norm": "map"}),
+    "probe": sakd_arm({**_NATIVE, **_PROBE}),
+    "twin": sakd_arm({**_NATIVE, **_TWIN}),
+    "twin_noconf": sakd_arm({**_NATIVE, **_TWIN,
+                             "confidence_weighting": False}),
+}
 
 #: The arm every comparison is made against.
 REFERENCE_ARM = "sakd"

@@ -553,6 +553,8 @@ class Distiller(keras.Model):
 
     def fit(self, x=None, y=None, *args, **kwargs):
         self.check_data(x, y)
+        self.prefit_terms(x, y, batch_size=kwargs.get("batch_size"),
+                          verbose=kwargs.get("verbose", 1))
         if any(type(t).set_epoch is not losses_base.DistillationLoss.set_epoch
                for t in self.distillation_terms):
             callbacks = list(kwargs.get("callbacks") or [])
@@ -564,6 +566,22 @@ class Distiller(keras.Model):
         elif validation_data is not None:
             self.check_data(validation_data, require_indices=False)
         return super().fit(x, y, *args, **kwargs)
+
+    def prefit_terms(self, x, y=None, batch_size=None, verbose=1):
+        """Lets every term fit its teacher-side parts before training
+        (`DistillationLoss.prefit`; a no-op for most terms and once
+        done). `fit` calls it; call it yourself to prefit without
+        training."""
+        verbose = 1 if verbose == "auto" else verbose
+        strategy = getattr(self, "_distribute_strategy", None)
+        for term in self.distillation_terms:
+            if strategy is not None:
+                with strategy.scope():
+                    term.prefit(self.teacher, x, y, batch_size=batch_size,
+                                verbose=verbose)
+            else:
+                term.prefit(self.teacher, x, y, batch_size=batch_size,
+                            verbose=verbose)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         self.check_data(x, y, require_indices=False)

@@ -34,6 +34,17 @@ Then, with `τ` the `temperature` and rows of a softmax max-subtracted:
   `L = groups·N²`. Invariant to permutations inside a group only; which
   teacher group meets which student group is fixed by channel order.
 
+`token_norm` (modes `"spatial"` and `"grouped"`) chooses how the tokens are
+scaled before the inner products:
+
+* `"position"` (default): every position L2-normalized over channels, so
+  `A` depends on cosine similarities only (magnitudes are dropped);
+* `"map"`: the whole map divided by its mean squared position norm,
+  `X̄ = X / sqrt(mean_i ‖x_i‖²)`, `A = softmax(X̄ X̄ᵀ / τ)`: invariant to a
+  rescaling of the map and to orthogonal channel changes, but strong
+  positions keep their larger inner products, so per-position magnitude
+  (what attention transfer's map measures) stays in `A`.
+
 Everything is computed in float32 whatever the input dtype.
 """
 
@@ -44,6 +55,7 @@ import numpy as np
 from keras import ops
 
 MODES = ("spatial", "channel", "grouped")
+TOKEN_NORMS = ("position", "map")
 _EPSILON = 1e-12  # on squared norms
 
 
@@ -131,6 +143,9 @@ class AttentionUniformization(keras.layers.Layer):
         temperature: softmax temperature `τ > 0` on cosine similarities.
         groups: number of channel groups for `"grouped"` (ignored
             otherwise); every input's `C` must be a multiple of it.
+        token_norm: `"position"` (default: cosine similarities) or
+            `"map"` (one scale per map, magnitudes kept); see the module
+            docstring. Ignored by `"channel"`.
         **kwargs: base `Layer` arguments. The dtype policy defaults to
             `"float32"`; the computation is float32 in any case.
 
@@ -146,7 +161,7 @@ class AttentionUniformization(keras.layers.Layer):
     """
 
     def __init__(self, mode="spatial", grid=4, temperature=0.1, groups=4,
-                 **kwargs):
+                 token_norm="position", **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if mode not in MODES:
@@ -168,7 +183,13 @@ class AttentionUniformization(keras.layers.Layer):
                 "groups must be a positive integer. "
                 f"Received: groups={groups!r}"
             )
+        if token_norm not in TOKEN_NORMS:
+            raise ValueError(
+                f"token_norm must be one of {TOKEN_NORMS}. "
+                f"Received: token_norm={token_norm!r}"
+            )
         self.mode = mode
+        self.token_norm = token_norm
         self.grid = _normalize_grid(grid)
         self.temperature = temperature
         self.groups = int(groups)
@@ -255,7 +276,13 @@ class AttentionUniformization(keras.layers.Layer):
             g = self.groups
             x = ops.reshape(x, (-1, n, g, channels // g))
             x = ops.transpose(x, (0, 2, 1, 3))  # (B, G, N, C/G)
-        xn = _l2_normalize(x, axis=-1)
+        if self.token_norm == "map":
+            # One scale per map (per group): mean squared position norm.
+            sq = ops.mean(ops.sum(ops.square(x), axis=-1, keepdims=True),
+                          axis=-2, keepdims=True)
+            xn = x * ops.rsqrt(ops.maximum(sq, _EPSILON))
+        else:
+            xn = _l2_normalize(x, axis=-1)
         sim = ops.matmul(xn, ops.swapaxes(xn, -1, -2))  # (B, [G,] N, N)
         log_attn = _log_softmax(sim / self.temperature)
         out = log_attn if log_space else ops.exp(log_attn)
@@ -269,6 +296,7 @@ class AttentionUniformization(keras.layers.Layer):
                 "grid": list(self.grid),
                 "temperature": self.temperature,
                 "groups": self.groups,
+                "token_norm": self.token_norm,
             }
         )
         return config

@@ -15,10 +15,12 @@ configuration so that each choice can be ablated.
 import math
 import numbers
 
+import keras
 from keras import ops
 
 from keras_semkd.layers.semantic_head import SemanticHead
 from keras_semkd.layers.uniformization import AttentionUniformization
+from keras_semkd.layers.uniformization import adaptive_average_pool
 from keras_semkd.losses.base import DistillationLoss
 from keras_semkd.losses.base import register_loss
 from keras_semkd.losses.kd import kd_loss
@@ -115,63 +117,110 @@ def _check_choice(name, value, choices):
     return value
 
 
+def _check_int(name, value, minimum):
+    if (not isinstance(value, numbers.Integral) or isinstance(value, bool)
+            or value < minimum):
+        raise ValueError(
+            f"{name} must be an integer >= {minimum}. "
+            f"Received: {name}={value!r}"
+        )
+    return int(value)
+
+
+def pair_grid(teacher_shape, student_shape, max_grid):
+    """The `"smaller"` grid of a stage pair: the smaller of the two maps'
+    heights and widths, each capped at `max_grid`."""
+    h = min(int(teacher_shape[1]), int(student_shape[1]), max_grid)
+    w = min(int(teacher_shape[2]), int(student_shape[2]), max_grid)
+    return (h, w)
+
+
+def pooled_features(x, grid):
+    """Adaptive-average-pools `(B, H, W, C)` to `grid` and flattens to
+    `(B, g_h·g_w·C)` (grid 1: global average pooling)."""
+    x = ops.cast(x, "float32")
+    if grid == (1, 1):
+        return ops.mean(x, axis=(1, 2))
+    x = adaptive_average_pool(x, grid)
+    return ops.reshape(x, (-1, grid[0] * grid[1] * x.shape[-1]))
+
+
+class _Apply(keras.layers.Layer):
+    """Wraps a function of tensors as a layer (the prefit model only; never
+    saved)."""
+
+    def __init__(self, fn, **kwargs):
+        super().__init__(dtype="float32", **kwargs)
+        self.fn = fn
+
+    def call(self, inputs):
+        return self.fn(inputs)
+
+
 @register_loss("sakd")
 class SAKDLoss(DistillationLoss):
     """Semantic-aware KD with parameter-free feature uniformization.
 
     For every stage pair `k` (teacher key `k` ↔ student key `k`, any
-    shapes), `U` = `AttentionUniformization` (one op, no weights, applied to
-    both networks) gives `u_T^k = U(f_T^k)` and `u_S^k = U(f_S^k)` of the
-    same length. With `g` the semantic head(s), `ḡ` the same head with
-    stop-gradient weights, `sg` stop-gradient and `r(e) = min(1, e / E_w)`
-    the warm-up ramp, the per-example loss is (default `semantic="shared"`,
-    `head_scope="joint"`, `u = [u^1; …; u^K]`):
+    shapes), `U_k` = `AttentionUniformization` (one op, no weights, applied
+    to both networks of the pair) gives `u_T^k = U_k(f_T^k)` and
+    `u_S^k = U_k(f_S^k)` of the same length. With `g_i` the frozen or
+    co-trained teacher-side semantic branch(es), `h_i` the student-side
+    branch (`semantic="separate"`) or `ḡ_i` the teacher's branch read with
+    stop-gradient weights (`semantic="shared"`), the per-example loss is
 
-        L = α · 1/K Σ_k D(u_S^k, u_T^k)                       alignment
-          + λ · CE(y, g(sg(u_T)))                            fits the head
-          + r(e) · [β · CE(y, ḡ(u_S))
-                    + γ · τ_h² · KL(σ(sg(g(u_T))/τ_h) ‖ σ(ḡ(u_S)/τ_h))]
+        L = α · 1/K Σ_k c_k · D(u_S^k, u_T^k)                    alignment
+          + λ · 1/I Σ_i CE(y, g_i(x_T^i))      (co-trained branches only)
+          + r(e) · 1/I Σ_i [β · CE(y, h_i(x_S^i))
+                          + γ · τ_h² · KL(σ(g_i(x_T^i)/τ_h) ‖ σ(h_i(x_S^i)/τ_h))]
 
-    The head is fitted on the frozen teacher's uniformized vectors with the
-    labels (`λ` term; only the head gets its gradient) while the student is
-    trained to be read by that same head like the teacher is (`β`, `γ`
-    terms; only the student gets their gradient). Logit KD is not part of
-    this loss: add a `"kd"` term to the Distiller.
+    where `x^i` is what branch `i` reads (`head_input`: the uniformized
+    vectors, or the stage maps pooled to `pool_grid`; `head_scope`: one
+    branch on all stages or one per stage), `c_k = 1` or, with
+    `confidence_weighting`, the teacher branch's probability of the true
+    class divided by its mean over the prefit data, and `r(e)` the warm-up.
 
-    Alternatives (see `docs/method.md`): `semantic="separate"` (teacher head
-    fitted as above, a separate student head trained with the student on
-    the `β`/`γ` terms), `semantic="none"` (alignment only);
-    `head_scope="per_stage"` (one head per stage pair, terms averaged);
-    `head_input="pooled"` (heads read globally average-pooled stage maps
-    instead of `u`; with `"shared"` this needs equal channel counts).
+    **Prefit** (`prefit_steps > 0`): before the first training step the
+    teacher branches are fitted on the frozen teacher with their own Adam
+    optimizer for `prefit_steps` batches of the training data, then frozen
+    (non-trainable): the `λ` term is gone, and the branches are a fixed,
+    label-supervised metric. Without prefit they are co-trained by the
+    `λ` term (the student-side terms never reach them).
 
-    Reference: Guo et al., Visual Intelligence 1:6, 2023 (abstract only;
-    every design choice here is this project's, not the paper's).
+    The design is this project's (the paper's abstract is all that is
+    public); `docs/method.md` gives the choices, the alternatives and the
+    screening numbers. Logit KD is not part of this loss: add a `"kd"` term.
 
     Args:
         teacher_keys / student_keys: stage outputs paired element-wise
             (default `("stage1", "stage2", "stage3")`).
-        mode / grid / temperature / groups: the uniformization (see
-            `AttentionUniformization`; defaults `"spatial"`, 4, 0.1, 4).
-        alignment: `D`: `"kl"` (default; rows of attention), `"mse"` or
-            `"cosine"` (see `alignment_distance`). `"kl"` needs a mode with
-            attention rows (`"spatial"`, `"grouped"`).
-        alignment_weight: `α` (default 1.0); 0 disables the term.
-        semantic: `"shared"` (default), `"separate"` or `"none"`.
-        head_scope: `"joint"` (default, one head on all stages) or
-            `"per_stage"`.
-        head_input: `"uniformized"` (default) or `"pooled"`.
-        num_classes: head outputs. `None`: read from the models' `"logits"`
-            output in `check_specs` (the Distiller calls it); required when
-            the loss is built by hand.
-        head_hidden_units: hidden widths of the head (default `(256,)`).
-        head_weight: `λ` (default 1.0).
-        semantic_ce_weight: `β` (default 1.0).
-        semantic_kd_weight: `γ` (default 1.0).
-        head_temperature: `τ_h` (default 4.0).
-        warmup_epochs: `E_w`, epochs over which the student-side guidance
-            ramps from 0 to full weight (default 1: during the first epoch
-            only the head learns); 0 gives full guidance from the start.
+        mode / temperature / groups / token_norm: the uniformization (see
+            `AttentionUniformization`).
+        grid: an int or `(g_h, g_w)` for one grid for every pair, or
+            `"smaller"`: per pair, the smaller of the two maps' sizes, at
+            most `max_grid` (native resolution, only the larger map is
+            pooled).
+        max_grid: cap of `"smaller"` grids (default 8).
+        alignment: `D`: `"kl"` (rows of attention), `"mse"` or `"cosine"`.
+        alignment_weight: `α`; 0 disables the term.
+        semantic: `"shared"`, `"separate"` or `"none"`.
+        head_scope: `"joint"` or `"per_stage"`.
+        head_input: `"uniformized"` or `"pooled"`.
+        pool_grid: grid the stage maps are pooled to for
+            `head_input="pooled"` (1: global average pooling).
+        num_classes: branch outputs (`None`: read from the `"logits"`
+            output in `check_specs`).
+        head_hidden_units: hidden widths of every branch.
+        head_weight: `λ` (co-trained branches only).
+        semantic_ce_weight: `β`.
+        semantic_kd_weight: `γ`.
+        head_temperature: `τ_h`.
+        warmup_epochs: `E_w` of `r(e) = min(1, e / E_w)`; 0: no warm-up.
+        prefit_steps: batches to fit the teacher branches on before
+            training (0: co-trained instead).
+        prefit_learning_rate: Adam learning rate of the prefit.
+        confidence_weighting: weight each example's alignment by the
+            teacher branch's confidence (needs a prefit).
     """
 
     def __init__(
@@ -182,11 +231,14 @@ class SAKDLoss(DistillationLoss):
         grid=4,
         temperature=0.1,
         groups=4,
+        token_norm="position",
+        max_grid=8,
         alignment="kl",
         alignment_weight=1.0,
         semantic="shared",
         head_scope="joint",
         head_input="uniformized",
+        pool_grid=1,
         num_classes=None,
         head_hidden_units=(256,),
         head_weight=1.0,
@@ -194,18 +246,34 @@ class SAKDLoss(DistillationLoss):
         semantic_kd_weight=1.0,
         head_temperature=4.0,
         warmup_epochs=1,
+        prefit_steps=0,
+        prefit_learning_rate=1e-3,
+        confidence_weighting=False,
         **kwargs,
     ):
         super().__init__(teacher_keys=teacher_keys,
                          student_keys=student_keys, **kwargs)
+        self.max_grid = _check_int("max_grid", max_grid, 1)
+        self.per_pair_grid = isinstance(grid, str)
+        if self.per_pair_grid and grid != "smaller":
+            raise ValueError(
+                "grid must be a positive integer, a pair of them or "
+                f"'smaller'. Received: grid={grid!r}"
+            )
+        # The template op; with grid="smaller" each pair gets its own copy
+        # at its grid in build_from_specs.
         self.uniformization = AttentionUniformization(
-            mode=mode, grid=grid, temperature=temperature, groups=groups,
+            mode=mode, grid=self.max_grid if self.per_pair_grid else grid,
+            temperature=temperature, groups=groups, token_norm=token_norm,
             name="uniformization",
         )
+        self.uniformizations = [self.uniformization] * len(self.teacher_keys)
         self.mode = self.uniformization.mode
-        self.grid = self.uniformization.grid
+        self.grid = "smaller" if self.per_pair_grid else \
+            self.uniformization.grid
         self.temperature = self.uniformization.temperature
         self.groups = self.uniformization.groups
+        self.token_norm = self.uniformization.token_norm
         self.alignment = _check_choice("alignment", alignment, ALIGNMENTS)
         if alignment == "kl" and self.uniformization.output_rows is None:
             raise ValueError(
@@ -219,6 +287,18 @@ class SAKDLoss(DistillationLoss):
         self.semantic = _check_choice("semantic", semantic, SEMANTICS)
         self.head_scope = _check_choice("head_scope", head_scope, HEAD_SCOPES)
         self.head_input = _check_choice("head_input", head_input, HEAD_INPUTS)
+        try:
+            self.pool_grid = tuple(
+                int(g) for g in ((pool_grid, pool_grid)
+                                 if isinstance(pool_grid, numbers.Integral)
+                                 else pool_grid))
+        except (TypeError, ValueError):
+            self.pool_grid = ()
+        if len(self.pool_grid) != 2 or min(self.pool_grid) < 1:
+            raise ValueError(
+                "pool_grid must be a positive integer or a pair of them. "
+                f"Received: pool_grid={pool_grid!r}"
+            )
         if num_classes is not None and (
             not isinstance(num_classes, numbers.Integral)
             or isinstance(num_classes, bool) or num_classes < 1
@@ -265,8 +345,33 @@ class SAKDLoss(DistillationLoss):
                 f"Received: warmup_epochs={warmup_epochs!r}"
             )
         self.warmup_epochs = int(warmup_epochs)
+        self.prefit_steps = _check_int("prefit_steps", prefit_steps, 0)
+        try:
+            prefit_learning_rate = float(prefit_learning_rate)
+        except (TypeError, ValueError):
+            prefit_learning_rate = float("nan")
+        if not prefit_learning_rate > 0 or math.isinf(prefit_learning_rate):
+            raise ValueError(
+                "prefit_learning_rate must be a finite number > 0. "
+                f"Received: prefit_learning_rate={prefit_learning_rate!r}"
+            )
+        self.prefit_learning_rate = prefit_learning_rate
+        self.confidence_weighting = bool(confidence_weighting)
+        if self.confidence_weighting and not (
+                self.prefit_steps and self.semantic != "none"):
+            raise ValueError(
+                "confidence_weighting weights the alignment by a prefitted "
+                "teacher branch: it needs semantic != 'none' and "
+                "prefit_steps > 0. Received: "
+                f"semantic={semantic!r}, prefit_steps={prefit_steps!r}"
+            )
         self.heads = []
         self.student_heads = []
+
+    @property
+    def frozen_branches(self):
+        """Whether the teacher branches are prefitted and frozen."""
+        return self.semantic != "none" and self.prefit_steps > 0
 
     # -- validation and building ------------------------------------------
     def check_specs(self, teacher_shapes, student_shapes):
@@ -309,8 +414,15 @@ class SAKDLoss(DistillationLoss):
 
     def _input_dims(self, keys, shapes):
         if self.head_input == "pooled":
-            return [int(shapes[k][-1]) for k in keys]
-        return [self.uniformization.output_length for _ in keys]
+            cells = self.pool_grid[0] * self.pool_grid[1]
+            return [cells * int(shapes[k][-1]) for k in keys]
+        return [u.output_length for u in self.uniformizations]
+
+    def _new_head(self, name, trainable=True):
+        head = SemanticHead(self.num_classes,
+                            hidden_units=self.head_hidden_units, name=name)
+        head.trainable = trainable
+        return head
 
     def build_from_specs(self, teacher_shapes, student_shapes):
         for side, keys, shapes in (
@@ -321,6 +433,18 @@ class SAKDLoss(DistillationLoss):
                 self.uniformization.check_input_shape(
                     shapes[key], what=f"{side} output {key!r}"
                 )
+        if self.per_pair_grid:
+            self.uniformizations = [
+                AttentionUniformization(
+                    mode=self.mode, temperature=self.temperature,
+                    groups=self.groups, token_norm=self.token_norm,
+                    grid=pair_grid(teacher_shapes[tk], student_shapes[sk],
+                                   self.max_grid),
+                    name=f"uniformization_{i + 1}",
+                )
+                for i, (tk, sk) in enumerate(
+                    zip(self.teacher_keys, self.student_keys))
+            ]
         self.current_epoch = self.add_weight(
             shape=(), initializer="zeros", trainable=False,
             name="current_epoch",
@@ -339,40 +463,109 @@ class SAKDLoss(DistillationLoss):
                 suffix = "" if self.head_scope == "joint" else f"_{i + 1}"
                 prefix = (f"{self.name}_head" if self.semantic == "shared"
                           else f"{self.name}_teacher_head")
-                head = SemanticHead(
-                    self.num_classes, hidden_units=self.head_hidden_units,
-                    name=f"{prefix}{suffix}",
-                )
+                head = self._new_head(f"{prefix}{suffix}",
+                                      trainable=not self.frozen_branches)
                 head.build((None, sum(t_dims[k] for k in group)))
                 heads.append(head)
                 if self.semantic == "separate":
-                    student_head = SemanticHead(
-                        self.num_classes,
-                        hidden_units=self.head_hidden_units,
-                        name=f"{self.name}_student_head{suffix}",
-                    )
+                    student_head = self._new_head(
+                        f"{self.name}_student_head{suffix}")
                     student_head.build((None, sum(s_dims[k] for k in group)))
                     student_heads.append(student_head)
             self.heads = heads
             self.student_heads = student_heads
+            if self.frozen_branches:
+                self.prefitted = self.add_weight(
+                    shape=(), initializer="zeros", trainable=False,
+                    name="prefitted",
+                )
+                self.confidence_scale = self.add_weight(
+                    shape=(len(heads),), initializer="ones",
+                    trainable=False, name="confidence_scale",
+                )
         self.built = True
 
     def set_epoch(self, epoch):
         if self.built and hasattr(self, "current_epoch"):
             self.current_epoch.assign(float(epoch))
 
-    # -- computation -------------------------------------------------------
-    def _uniformize(self, features, log_space):
-        out = self.uniformization(features, log_space=log_space)
-        return (ops.exp(out), out) if log_space else (out, None)
+    # -- prefit of the teacher branches -------------------------------------
+    def is_prefitted(self):
+        if not self.frozen_branches:
+            return True
+        return float(ops.convert_to_numpy(self.prefitted)) > 0.5
 
+    def prefit(self, teacher, x, y=None, batch_size=None, verbose=1):
+        """Fits the teacher branches on the frozen `teacher`, then freezes
+        them (see the class docstring). Called by `Distiller.fit` before
+        the first step; a no-op when already done (also after a resume)
+        or when the branches are co-trained.
+
+        Args:
+            teacher: the frozen teacher model.
+            x: the training data as `fit` takes it: a `tf.data.Dataset`
+                of `(images, labels)` (labels may be a dict with
+                `"label"`), or an image array with `y`.
+            y: labels when `x` is an array.
+            batch_size: batch size when `x` is an array (default 64).
+            verbose: Keras progress bar of the prefit.
+        """
+        if self.is_prefitted():
+            return None
+        if not self.heads:
+            raise ValueError(
+                "SAKD's prefit needs the branches created by "
+                "build_from_specs (the Distiller calls it first).")
+        inputs = keras.Input(tuple(teacher.input_shape[1:]))
+        outputs = teacher(inputs, training=False)
+        features = [outputs[k] for k in self.teacher_keys]
+        head_inputs = _Apply(
+            lambda f: self._branch_inputs([ops.cast(t, "float32")
+                                           for t in f]),
+            name="branch_inputs")(features)
+        if not isinstance(head_inputs, (list, tuple)):
+            head_inputs = [head_inputs]
+        trainers, logits = [], []
+        for i, group in enumerate(self._head_groups()):
+            trainer = self._new_head(f"prefit_branch_{i + 1}")
+            inp = (head_inputs[group[0]] if len(group) == 1 else
+                   keras.layers.Concatenate(axis=-1, dtype="float32")(
+                       [head_inputs[k] for k in group]))
+            logits.append(trainer(inp))
+            trainers.append(trainer)
+        model = keras.Model(inputs, logits, name=f"{self.name}_prefit")
+        model.compile(
+            optimizer=keras.optimizers.Adam(self.prefit_learning_rate),
+            loss=[keras.losses.SparseCategoricalCrossentropy(
+                from_logits=True)] * len(logits),
+        )
+        data, fit_kwargs = _prefit_data(x, y, batch_size, self.prefit_steps,
+                                        len(logits))
+        if isinstance(data, tuple):
+            model.fit(*data, verbose=verbose, **fit_kwargs)
+        else:
+            model.fit(data, verbose=verbose, **fit_kwargs)
+        for frozen, trained in zip(self.heads, trainers):
+            frozen.set_weights(trained.get_weights())
+        self.confidence_scale.assign(
+            _mean_confidence(model, data, len(logits)))
+        self.prefitted.assign(1.0)
+        return model
+
+    def _branch_inputs(self, teacher_side):
+        """What the teacher branches read, per stage."""
+        if self.head_input == "pooled":
+            return [pooled_features(f, self.pool_grid) for f in teacher_side]
+        return [u(f) for u, f in zip(self.uniformizations, teacher_side)]
+
+    # -- computation -------------------------------------------------------
     def compute_terms(self, teacher, student, labels=None, training=False,
                       indices=None):
         """Returns the weighted per-example terms, `{name: (batch,)}`.
 
-        Keys: `"alignment"` (`α` term), `"head"` (`λ`, fits the head) and
-        `"guidance"` (`r(e)·(β, γ)` terms); present only when enabled.
-        Their sum is `compute(...)`.
+        Keys: `"alignment"` (`α` term), `"head"` (`λ`, co-trained branches
+        only) and `"guidance"` (`r(e)·(β, γ)` terms); present only when
+        enabled. Their sum is `compute(...)`.
         """
         if len(teacher) != len(self.teacher_keys) or len(student) != len(
             self.student_keys
@@ -383,9 +576,10 @@ class SAKDLoss(DistillationLoss):
                 f"{len(teacher)} and {len(student)}"
             )
         teacher = [ops.stop_gradient(ops.cast(t, "float32")) for t in teacher]
+        student = [ops.cast(s, "float32") for s in student]
         use_semantic = self.semantic != "none" and (
             self.head_weight or self.semantic_ce_weight
-            or self.semantic_kd_weight
+            or self.semantic_kd_weight or self.confidence_weighting
         )
         if use_semantic and not self.heads:
             raise ValueError(
@@ -405,41 +599,37 @@ class SAKDLoss(DistillationLoss):
         )
         u_t, u_s, log_t, log_s = [], [], [], []
         if need_u:
-            for f_t, f_s in zip(teacher, student):
-                ut, lt = self._uniformize(f_t, log_space)
-                us, ls = self._uniformize(f_s, log_space)
-                u_t.append(ut)
-                u_s.append(us)
-                log_t.append(lt)
-                log_s.append(ls)
+            for uni, f_t, f_s in zip(self.uniformizations, teacher, student):
+                out_t = uni(f_t, log_space=log_space)
+                out_s = uni(f_s, log_space=log_space)
+                if log_space:
+                    log_t.append(out_t)
+                    log_s.append(out_s)
+                    out_t, out_s = ops.exp(out_t), ops.exp(out_s)
+                u_t.append(out_t)
+                u_s.append(out_s)
         terms = {}
-        if self.alignment_weight > 0:
-            rows = self.uniformization.output_rows or 1
-            a_t, a_s = (log_t, log_s) if log_space else (u_t, u_s)
-            dist = [
-                alignment_distance(t, s, self.alignment, rows)
-                for t, s in zip(a_t, a_s)
-            ]
-            terms["alignment"] = self.alignment_weight * ops.mean(
-                ops.stack(dist, axis=0), axis=0
-            )
+        confidence = None
         if use_semantic:
             if self.head_input == "pooled":
-                x_t = [ops.mean(t, axis=(1, 2)) for t in teacher]
-                x_s = [ops.mean(ops.cast(s, "float32"), axis=(1, 2))
-                       for s in student]
+                x_t = [pooled_features(t, self.pool_grid) for t in teacher]
+                x_s = [pooled_features(s, self.pool_grid) for s in student]
             else:
                 x_t, x_s = u_t, u_s
-            head_terms, guide_terms = [], []
+            head_terms, guide_terms, confidence = [], [], []
+            labels_i = ops.cast(labels, "int32")
             for i, group in enumerate(self._head_groups()):
                 in_t = ops.concatenate([x_t[k] for k in group], axis=-1)
                 in_s = ops.concatenate([x_s[k] for k in group], axis=-1)
                 head = self.heads[i]
                 t_logits = head(in_t)
-                head_terms.append(ops.sparse_categorical_crossentropy(
-                    labels, t_logits, from_logits=True
-                ))
+                if not self.frozen_branches:
+                    head_terms.append(ops.sparse_categorical_crossentropy(
+                        labels, t_logits, from_logits=True
+                    ))
                 if self.semantic == "shared":
+                    # Frozen branches are non-trainable already; co-trained
+                    # ones must not be pulled toward the student.
                     s_logits = head(in_s, detach_weights=True)
                 else:
                     s_logits = self.student_heads[i](in_s)
@@ -449,7 +639,14 @@ class SAKDLoss(DistillationLoss):
                     ce_weight=self.semantic_ce_weight,
                     kd_weight=self.semantic_kd_weight,
                 ))
-            if self.head_weight:
+                if self.confidence_weighting:
+                    probs = ops.softmax(ops.stop_gradient(t_logits), axis=-1)
+                    p_true = ops.take_along_axis(
+                        probs, ops.expand_dims(labels_i, -1), axis=-1)[:, 0]
+                    confidence.append(p_true / ops.maximum(
+                        ops.convert_to_tensor(self.confidence_scale)[i],
+                        1e-6))
+            if head_terms and self.head_weight:
                 terms["head"] = self.head_weight * ops.mean(
                     ops.stack(head_terms, axis=0), axis=0
                 )
@@ -463,6 +660,21 @@ class SAKDLoss(DistillationLoss):
                     )
                     guidance = ramp * guidance
                 terms["guidance"] = guidance
+        if self.alignment_weight > 0:
+            a_t, a_s = (log_t, log_s) if log_space else (u_t, u_s)
+            dist = []
+            for k, (uni, t, s) in enumerate(
+                    zip(self.uniformizations, a_t, a_s)):
+                d = alignment_distance(t, s, self.alignment,
+                                       uni.output_rows or 1)
+                if self.confidence_weighting:
+                    group = [i for i, g in enumerate(self._head_groups())
+                             if k in g][0]
+                    d = d * confidence[group]
+                dist.append(d)
+            terms["alignment"] = self.alignment_weight * ops.mean(
+                ops.stack(dist, axis=0), axis=0
+            )
         if not terms:
             ref = student[0]
             terms["alignment"] = ops.zeros_like(
@@ -485,14 +697,17 @@ class SAKDLoss(DistillationLoss):
         config.update(
             {
                 "mode": self.mode,
-                "grid": list(self.grid),
+                "grid": self.grid if self.per_pair_grid else list(self.grid),
+                "max_grid": self.max_grid,
                 "temperature": self.temperature,
                 "groups": self.groups,
+                "token_norm": self.token_norm,
                 "alignment": self.alignment,
                 "alignment_weight": self.alignment_weight,
                 "semantic": self.semantic,
                 "head_scope": self.head_scope,
                 "head_input": self.head_input,
+                "pool_grid": list(self.pool_grid),
                 "num_classes": self.num_classes,
                 "head_hidden_units": list(self.head_hidden_units),
                 "head_weight": self.head_weight,
@@ -500,6 +715,67 @@ class SAKDLoss(DistillationLoss):
                 "semantic_kd_weight": self.semantic_kd_weight,
                 "head_temperature": self.head_temperature,
                 "warmup_epochs": self.warmup_epochs,
+                "prefit_steps": self.prefit_steps,
+                "prefit_learning_rate": self.prefit_learning_rate,
+                "confidence_weighting": self.confidence_weighting,
             }
         )
         return config
+
+
+def _prefit_data(x, y, batch_size, steps, outputs):
+    """The prefit's `fit` input: `steps` batches of `(images, labels)`."""
+    try:
+        import tensorflow as tf
+    except ImportError:  # pragma: no cover - JAX-only installs
+        tf = None
+    if tf is not None and isinstance(x, tf.data.Dataset):
+        def labels_only(images, targets, *rest):
+            if isinstance(targets, dict):
+                targets = targets["label"]
+            return images, tuple([targets] * outputs)
+
+        return (x.map(labels_only).repeat(),
+                {"epochs": 1, "steps_per_epoch": steps})
+    if isinstance(x, keras.utils.PyDataset):
+        raise TypeError(
+            "SAKD's prefit reads a tf.data.Dataset or arrays; call "
+            "loss.prefit(teacher, dataset) yourself before fit for a "
+            f"PyDataset. Received: {type(x).__name__}")
+    if y is None:
+        raise ValueError("SAKD's prefit needs labels: pass y with an image "
+                         "array.")
+    if isinstance(y, dict):
+        y = y["label"]
+    batch_size = int(batch_size or 64)
+    n = len(x)
+    per_epoch = max(1, -(-n // batch_size))
+    epochs = max(1, -(-steps // per_epoch))
+    return (x, [y] * outputs), {"epochs": epochs, "batch_size": batch_size,
+                                "shuffle": True}
+
+
+def _mean_confidence(model, data, outputs, batches=20):
+    """Mean softmax probability of the true class of each branch over a
+    few batches of the prefit data."""
+    import numpy as np
+
+    totals, count = np.zeros(outputs), 0
+    if isinstance(data, tuple):
+        images, labels = data[0], data[1][0]
+        chunks = [(images[i:i + 256], labels[i:i + 256])
+                  for i in range(0, min(len(images), 256 * batches), 256)]
+    else:
+        chunks = ((a, b[0]) for a, b in data.take(batches))
+    for images, labels in chunks:
+        logits = model.predict_on_batch(np.asarray(images))
+        if outputs == 1 and not isinstance(logits, (list, tuple)):
+            logits = [logits]
+        labels = np.asarray(labels).reshape(-1).astype("int64")
+        for i, z in enumerate(logits):
+            z = np.asarray(z, dtype="float64")
+            z = z - z.max(-1, keepdims=True)
+            p = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+            totals[i] += p[np.arange(len(labels)), labels].sum()
+        count += len(labels)
+    return (totals / max(count, 1)).astype("float32")
