@@ -327,3 +327,56 @@ def test_invalid_inputs():
                                                 log_space=True)
     with pytest.raises(ValueError, match="static height"):
         AttentionUniformization().compute_output_shape((None, None, 8, 3))
+
+
+# -- token_norm="map": one scale per map, magnitudes kept ----------------------
+def np_uniformize_map(x, grid, temperature):
+    x = np_pool(np.asarray(x, dtype="float64"), grid)
+    b, gh, gw, c = x.shape
+    x = x.reshape(b, gh * gw, c)
+    out = []
+    for e in range(b):
+        scale = np.mean(np.sum(x[e] ** 2, axis=1))
+        xn = x[e] / np.sqrt(scale)
+        out.append(np_softmax(xn @ xn.T / temperature).reshape(-1))
+    return np.stack(out)
+
+
+def test_map_token_norm_golden_values():
+    x = rand((2, 6, 6, 5), seed=21, positive=True)
+    layer = AttentionUniformization(grid=3, temperature=0.5, token_norm="map")
+    np.testing.assert_allclose(np.asarray(layer(x)),
+                               np_uniformize_map(x, (3, 3), 0.5),
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_map_token_norm_keeps_position_magnitude():
+    x = rand((1, 4, 4, 6), seed=22, positive=True)
+    louder = x.copy()
+    louder[:, 0, 0, :] *= 5.0  # one position 5x stronger, same direction
+    for norm, changes in (("position", False), ("map", True)):
+        layer = AttentionUniformization(grid=4, temperature=0.5,
+                                        token_norm=norm)
+        a, b = np.asarray(layer(x)), np.asarray(layer(louder))
+        assert (np.abs(a - b).max() > 1e-3) == changes, norm
+
+
+def test_map_token_norm_invariances():
+    x = rand((2, 4, 4, 6), seed=23)
+    q, _ = np.linalg.qr(np.random.default_rng(3).standard_normal((6, 6)))
+    layer = AttentionUniformization(grid=2, temperature=0.3, token_norm="map")
+    ref = np.asarray(layer(x))
+    np.testing.assert_allclose(np.asarray(layer(7.0 * x)), ref, rtol=1e-4,
+                               atol=1e-6)
+    rotated = (x.reshape(-1, 6) @ q).reshape(x.shape).astype("float32")
+    np.testing.assert_allclose(np.asarray(layer(rotated)), ref, rtol=1e-4,
+                               atol=1e-6)
+
+
+def test_token_norm_validation_and_config():
+    with pytest.raises(ValueError, match="token_norm=.unit."):
+        AttentionUniformization(token_norm="unit")
+    layer = AttentionUniformization(token_norm="map")
+    assert layer.get_config()["token_norm"] == "map"
+    clone = AttentionUniformization.from_config(layer.get_config())
+    assert clone.token_norm == "map"
