@@ -123,7 +123,17 @@ def sakd_arm(sakd_kwargs, sakd_weight=1.0, with_kd=True):
     return (0.1 if with_kd else 1.0, terms)
 
 
-ARMS = {}  # the chosen design and its ablations, after the screening
+#: The chosen design ("sakd") and its two ablations: without its semantic
+#: branch, without its alignment.
+CHOSEN = {**_NATIVE, **_TWIN}
+ARMS = {
+    "sakd": sakd_arm(CHOSEN),
+    "sakd_no_branch": sakd_arm({**CHOSEN, "semantic": "none",
+                                "prefit_steps": 0,
+                                "confidence_weighting": False}),
+    "sakd_no_alignment": sakd_arm({**CHOSEN, "alignment_weight": 0.0,
+                                   "confidence_weighting": False}),
+}
 
 
 def arm_terms(arm):
@@ -173,12 +183,18 @@ SCREENING_ARMS = {
                              "confidence_weighting": False}),
 }
 
-#: The arm every comparison is made against.
+#: The arm every confirmation comparison is made for (SAKD − baseline).
 REFERENCE_ARM = "sakd"
+#: The arm every screening design is compared with (design − KD).
+SCREENING_BASE = "kd"
 
 SCREENING = {
     "pairs": ("mbv2-r8", "r20-r8"),
-    "arms": {"mbv2-r8": (), "r20-r8": ()},
+    "arms": {
+        "mbv2-r8": ("kd", "sakd_v1", "align_g4", "align_native",
+                    "align_native_map", "probe", "twin", "twin_noconf"),
+        "r20-r8": (),
+    },
     "seeds": (0, 1, 2),
     "epochs": 5,
     "steps_per_epoch": 300,

@@ -352,7 +352,14 @@ def summarize(records, stage):
                          if secs else None,
                          "per_seed": seeds}
         comparisons = {}
-        if reference in arms:
+        if stage == "screening":
+            # Screening: every design against logit KD (arm − kd).
+            if spec.SCREENING_BASE in arms:
+                for arm in arms:
+                    if arm != spec.SCREENING_BASE:
+                        comparisons[arm] = core.paired_comparison(
+                            arms[arm], arms[spec.SCREENING_BASE])
+        elif reference in arms:
             for arm in arms:
                 if arm != reference:
                     comparisons[arm] = core.paired_comparison(
@@ -400,10 +407,12 @@ def markdown(summary, stage):
         t, s = spec.PAIRS[pair]
         lines.append(f"**{pair}** ({t} → {s}), {metric.replace('_', ' ')} "
                      "(%), mean ± std over seeds:\n")
+        diff_name = (f"{spec.REFERENCE_ARM} − arm" if stage == "confirmation"
+                     else f"arm − {spec.SCREENING_BASE}")
         head = "| arm | n | " + ("test top-1 | val top-1 |"
                                if stage == "confirmation" else
                                "val top-1 |") + \
-            f" {spec.REFERENCE_ARM} − arm | one-sided p | wins | s/epoch |"
+            f" {diff_name} | one-sided p | wins | s/epoch |"
         lines.append(head)
         lines.append("|" + "---|" * (head.count("|") - 1))
         order = sorted(data["arms"],
