@@ -163,3 +163,20 @@ def test_paired_seeds_same_student_init_and_data_stream(tmp_path):
     runner._build()
     assert any(not np.array_equal(np.array(a), b) for a, b in
                zip(runner.student.weights, weights["kd"]))
+
+
+def test_report_writes_table_summary_and_plots(tmp_path):
+    options = runs.Options(results_dir=str(tmp_path))
+    f = runs.results_file("screening", options)
+    for seed in range(3):
+        for arm, v in (("kd", 40.0), ("twin", 41.0), ("probe", 39.5)):
+            f.append(_line(arm=arm, seed=seed, val_top1=v + 0.1 * seed,
+                           test_top1=None, epoch_s=[10.0, 12.0]))
+    summary = runs.report("screening", options, log=lambda *_: None)
+    out = os.path.join(tmp_path, "sakd_screening")
+    for name in ("table.md", "summary.json", "sakd_screening.png",
+                 "sakd_screening_paired.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    twin = summary["pairs"]["mbv2-r8"]["comparisons"]["twin"]
+    assert twin["mean_diff"] == pytest.approx(1.0) and twin["wins"] == 3
+    assert summary["metric"] == "val_top1"

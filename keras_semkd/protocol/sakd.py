@@ -91,8 +91,11 @@ def stage_recipe(stage, pair, arm, seed, options):
     _, _, _, epochs, steps, _ = stage_plan(stage)
     if options.smoke:
         epochs, steps = 1, SMOKE_STEPS
+    optimizer = (spec.SCREENING["optimizer"] if stage == "screening"
+                 else spec.STUDENT_OPTIMIZER)
     recipe = spec.student_recipe(pair, arm, seed, epochs=epochs,
-                                 steps_per_epoch=steps, protocol=stage)
+                                 steps_per_epoch=steps, protocol=stage,
+                                 optimizer=optimizer)
     if options.smoke:
         recipe = dataclasses.replace(
             recipe, data=dataclasses.replace(recipe.data,
@@ -481,6 +484,58 @@ def plot(summary, stage, path):
     plt.close(fig)
 
 
+def plot_paired(summary, stage, path):
+    """Per pair, the per-seed paired differences of every comparison (dots)
+    with their mean and a 95 % t interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy import stats
+
+    pairs = [p for p in summary["pairs"]
+             if summary["pairs"][p]["comparisons"]]
+    if not pairs:
+        return
+    fig, axes = plt.subplots(1, len(pairs), figsize=(6.5 * len(pairs), 4.2),
+                             squeeze=False)
+    for ax, pair in zip(axes[0], pairs):
+        data = summary["pairs"][pair]
+        comps = data["comparisons"]
+        order = sorted(comps, key=lambda a: comps[a]["mean_diff"])
+        for i, arm in enumerate(order):
+            c = comps[arm]
+            if stage == "confirmation":
+                a = data["arms"][spec.REFERENCE_ARM]["per_seed"]
+                b = data["arms"][arm]["per_seed"]
+            else:
+                a = data["arms"][arm]["per_seed"]
+                b = data["arms"][spec.SCREENING_BASE]["per_seed"]
+            diffs = [a[s] - b[s] for s in c["seeds"]]
+            ax.scatter(diffs, [i] * len(diffs), color="black", s=10,
+                       zorder=3)
+            if c["n"] > 1 and c["std_diff"] == c["std_diff"]:
+                half = stats.t.ppf(0.975, c["n"] - 1) * c["std_diff"] / \
+                    np.sqrt(c["n"])
+                ax.errorbar(c["mean_diff"], i, xerr=half, fmt="o",
+                            color="#1f77b4", capsize=3)
+        ax.axvline(0.0, color="grey", lw=1)
+        if stage == "confirmation":
+            ax.axvline(0.5, color="grey", lw=1, ls="--")
+        ax.set_yticks(range(len(order)))
+        ax.set_yticklabels(order, fontsize=8)
+        t, s = spec.PAIRS[pair]
+        what = (f"{spec.REFERENCE_ARM} − arm" if stage == "confirmation"
+                else f"arm − {spec.SCREENING_BASE}")
+        ax.set_xlabel(f"paired difference, {what} "
+                      f"({summary['metric'].replace('_', ' ')}, points)")
+        ax.set_title(f"{stage}: {t} → {s}; mean and 95 % CI", fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def report(stage, options, log=print):
     records = results_file(stage, options).records()
     if not records:
@@ -494,5 +549,6 @@ def report(stage, options, log=print):
     with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1, default=str)
     plot(summary, stage, os.path.join(out, f"sakd_{stage}.png"))
+    plot_paired(summary, stage, os.path.join(out, f"sakd_{stage}_paired.png"))
     log("\n" + text)
     return summary
