@@ -21,6 +21,9 @@ method declaration fits every teacher/student pair:
 
 import dataclasses
 import json
+import math
+import numbers
+import typing
 from typing import Any, Mapping, Optional, Tuple
 
 SELECTORS = (
@@ -30,6 +33,121 @@ SELECTORS = (
     "@stages_preact",
     "@last_stage_preact",
 )
+
+
+def _kind(hint):
+    """A readable name of a field's declared type."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union and type(None) in args:
+        inner = [a for a in args if a is not type(None)]
+        return f"{_kind(inner[0])} or null"
+    if origin is tuple:
+        return "a list of " + {bool: "booleans", int: "integers",
+                               float: "numbers", str: "strings"}.get(
+            args[0], getattr(args[0], "__name__", str(args[0])))
+    return {bool: "a boolean", int: "an integer", float: "a number",
+            str: "a string"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _coerce(value, hint, where):
+    """Checks `value` against the declared type `hint` of field `where`
+    and returns it normalized (ints for float fields become floats,
+    lists become tuples); raises a `ValueError` naming the field, the
+    expected type and what was received."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union and type(None) in args:
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+
+    def bad(extra=""):
+        name = where.rsplit(".", 1)[-1]
+        return ValueError(
+            f"{where} must be {_kind(hint)}{extra}. Received: "
+            f"{name}={value!r} ({type(value).__name__})"
+        )
+
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise bad()
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        if math.isfinite(value) and float(value).is_integer():
+            return int(value)
+        raise bad()
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise bad()
+        if not math.isfinite(float(value)):
+            raise bad(" (finite)")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise bad()
+        return value
+    if origin is tuple:
+        if isinstance(value, (str, bytes)) or not isinstance(
+                value, (list, tuple)):
+            raise bad()
+        try:
+            return tuple(_coerce(v, args[0], where) for v in value)
+        except ValueError:
+            raise bad() from None
+    return value
+
+
+def _check_types(obj):
+    """Applies `_coerce` to every field of the frozen dataclass `obj`
+    whose declared type is a plain scalar, an `Optional` scalar or a
+    `Tuple[scalar, ...]`."""
+    hints = typing.get_type_hints(type(obj))
+    for field in dataclasses.fields(obj):
+        hint = hints[field.name]
+        args = typing.get_args(hint)
+        scalar = (bool, int, float, str)
+        if hint in scalar or (args and all(
+                a in scalar or a is type(None) or a is Ellipsis
+                for a in args)):
+            value = _coerce(getattr(obj, field.name), hint,
+                            f"{type(obj).__name__}.{field.name}")
+            object.__setattr__(obj, field.name, value)
+
+
+def _check_range(where, value, ok, requirement):
+    if value is not None and not ok(value):
+        name = where.rsplit(".", 1)[-1]
+        raise ValueError(
+            f"{where} must be {requirement}. Received: {name}={value!r}"
+        )
+
+
+def _flatten(d, prefix=""):
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`; term lists are keyed by term
+    name (`terms.<name>.<field>`, the override syntax)."""
+    flat = {}
+    for key, value in d.items():
+        path = f"{prefix}{key}"
+        if key == "terms" and not prefix and isinstance(value, list):
+            names = [t.get("name") for t in value]
+            for i, term in enumerate(value):
+                label = term.get("name") if names.count(
+                    term.get("name")) == 1 else f"{term.get('name')}#{i}"
+                for k, v in term.items():
+                    if k != "name":
+                        flat[f"terms.{label}.{k}"] = v
+            flat["terms"] = tuple(names)
+        elif isinstance(value, dict):
+            flat.update(_flatten(value, f"{path}."))
+        else:
+            flat[path] = value
+    return flat
 
 
 def _check_fields(cls, data):
@@ -63,6 +181,16 @@ class Term:
                 f"Term {self.name!r}: weight must be a number. "
                 f"Received: weight={self.weight!r}"
             ) from None
+        if not math.isfinite(self.weight):
+            raise ValueError(
+                f"Term {self.name!r}: weight must be finite. "
+                f"Received: weight={self.weight!r}"
+            )
+        if not isinstance(self.kwargs, Mapping):
+            raise ValueError(
+                f"Term {self.name!r}: kwargs must be a mapping. "
+                f"Received: kwargs={self.kwargs!r}"
+            )
         object.__setattr__(self, "kwargs", dict(self.kwargs))
 
     def to_dict(self):
@@ -99,13 +227,21 @@ class OptimizerConfig:
     decay_rate: float = 0.1
 
     def __post_init__(self):
-        object.__setattr__(self, "milestones",
-                           tuple(int(m) for m in self.milestones))
+        _check_types(self)
         if self.learning_rate <= 0:
             raise ValueError(
                 "learning_rate must be > 0. "
                 f"Received: learning_rate={self.learning_rate}"
             )
+        _check_range("OptimizerConfig.momentum", self.momentum,
+                     lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+        _check_range("OptimizerConfig.weight_decay", self.weight_decay,
+                     lambda v: v >= 0.0, ">= 0")
+        _check_range("OptimizerConfig.decay_rate", self.decay_rate,
+                     lambda v: v > 0.0, "> 0")
+        for m in self.milestones:
+            _check_range("OptimizerConfig.milestones", m,
+                         lambda v: v > 0, "positive epochs")
         if list(self.milestones) != sorted(self.milestones):
             raise ValueError(
                 "milestones must be increasing. "
@@ -126,10 +262,25 @@ class DataConfig:
     # images disjoint from it).
     split_seed: Optional[int] = None
     augment: bool = True
-    limit_train: Optional[int] = None  # first N training examples (smoke)
+    # At most N training examples per epoch (whole batches of the shuffled
+    # epoch stream: a fresh random draw every epoch), for smoke runs.
+    limit_train: Optional[int] = None
+    # Evaluate on a stratified subset of N images of the evaluation split
+    # (the same subset for every seed); reported as a subset.
     limit_eval: Optional[int] = None
 
     def __post_init__(self):
+        _check_types(self)
+        if not self.dataset:
+            raise ValueError(
+                f"DataConfig.dataset must name a dataset. Received: "
+                f"dataset={self.dataset!r}"
+            )
+        _check_range("DataConfig.split_seed", self.split_seed,
+                     lambda v: v >= 0, ">= 0")
+        for name in ("limit_train", "limit_eval"):
+            _check_range(f"DataConfig.{name}", getattr(self, name),
+                         lambda v: v >= 1, ">= 1 (or null for no limit)")
         if self.batch_size <= 0:
             raise ValueError(
                 f"batch_size must be > 0. Received: {self.batch_size}"
@@ -176,6 +327,27 @@ class Recipe:
         if isinstance(self.data, Mapping):
             _check_fields(DataConfig, self.data)
             object.__setattr__(self, "data", DataConfig(**self.data))
+        if not isinstance(self.optimizer, OptimizerConfig):
+            raise ValueError(
+                "Recipe.optimizer must be an OptimizerConfig or a dict. "
+                f"Received: optimizer={self.optimizer!r}"
+            )
+        if not isinstance(self.data, DataConfig):
+            raise ValueError(
+                "Recipe.data must be a DataConfig or a dict. "
+                f"Received: data={self.data!r}"
+            )
+        _check_types(self)
+        if not self.name or not self.student:
+            raise ValueError(
+                "A recipe needs a name and a student. Received: "
+                f"name={self.name!r}, student={self.student!r}"
+            )
+        _check_range("Recipe.num_classes", self.num_classes,
+                     lambda v: v >= 2, ">= 2")
+        _check_range("Recipe.seed", self.seed, lambda v: v >= 0, ">= 0")
+        _check_range("Recipe.student_loss_weight", self.student_loss_weight,
+                     lambda v: v >= 0.0, ">= 0")
         if terms and self.teacher is None:
             raise ValueError(
                 f"Recipe {self.name!r} has distillation terms but no "
@@ -210,6 +382,21 @@ class Recipe:
     @classmethod
     def from_json(cls, text):
         return cls.from_dict(json.loads(text))
+
+    def diff(self, other):
+        """The fields that differ from `other` (a `Recipe` or its dict),
+        as `{dotted.path: (this value, other value)}`; a field missing on
+        one side reads as `"<absent>"`. Term fields are keyed
+        `terms.<name>.<field>`, as in `override`."""
+        mine = _flatten(self.to_dict())
+        theirs = _flatten(other.to_dict() if isinstance(other, Recipe)
+                          else Recipe.from_dict(other).to_dict())
+        absent = "<absent>"
+        return {
+            key: (mine.get(key, absent), theirs.get(key, absent))
+            for key in sorted(set(mine) | set(theirs))
+            if mine.get(key, absent) != theirs.get(key, absent)
+        }
 
     def distillation_losses(self):
         """The terms as the `Distiller`'s `distillation_losses` list

@@ -123,3 +123,47 @@ def test_cpu_protocol_recipes():
         ("resnet20", None, 10)
     with pytest.raises(KeyError, match="Unknown CPU-protocol variant"):
         configs.recipes.cpu_protocol("nope")
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"optimizer.learning_rate": "fast"},
+     r"OptimizerConfig\.learning_rate must be a number\. "
+     r"Received: learning_rate='fast' \(str\)"),
+    ({"epochs": 1.5}, r"Recipe\.epochs must be an integer\. "
+                      r"Received: epochs=1\.5 \(float\)"),
+    ({"seed": True}, r"Recipe\.seed must be an integer"),
+    ({"data.augment": "yes"}, r"DataConfig\.augment must be a boolean"),
+    ({"data.batch_size": "64"}, r"DataConfig\.batch_size must be an integer"),
+    ({"optimizer.milestones": [1, "a"]},
+     r"OptimizerConfig\.milestones must be a list of integers"),
+    ({"optimizer.learning_rate": float("nan")},
+     r"learning_rate must be a number \(finite\)"),
+    ({"data.limit_eval": 0}, r"DataConfig\.limit_eval must be >= 1"),
+    ({"optimizer.momentum": 1.5}, r"OptimizerConfig\.momentum must be in"),
+    ({"num_classes": 1}, r"Recipe\.num_classes must be >= 2"),
+    ({"student": 8}, r"Recipe\.student must be a string"),
+])
+def test_fields_of_the_wrong_type_or_range_name_field_and_value(changes,
+                                                                message):
+    with pytest.raises(ValueError, match=message):
+        configs.get("cpu_smoke").override(**changes)
+
+
+def test_integral_and_integer_values_are_normalized():
+    r = configs.get("cpu_smoke").override(
+        **{"epochs": 2.0, "optimizer.learning_rate": 1,
+           "optimizer.milestones": [1, 2]})
+    assert r.epochs == 2 and isinstance(r.epochs, int)
+    assert isinstance(r.optimizer.learning_rate, float)
+    assert r.optimizer.milestones == (1, 2)
+
+
+def test_diff_lists_the_differing_fields():
+    r = configs.get("resnet56-resnet20-kd")
+    other = r.override(**{"seed": 4, "terms.kd.temperature": 2.0,
+                          "data.batch_size": 32})
+    assert r.diff(other) == {
+        "data.batch_size": (64, 32), "seed": (0, 4),
+        "terms.kd.temperature": (4.0, 2.0)}
+    assert r.diff(r) == {}
+    assert r.diff(other.to_dict()) == r.diff(other)
