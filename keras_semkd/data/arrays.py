@@ -96,3 +96,42 @@ def carve_validation(labels, fraction, seed):
     mask = np.ones(labels.shape[0], bool)
     mask[val] = False
     return np.flatnonzero(mask), val
+
+
+def stratified_subset(labels, size, seed=0):
+    """Indices of a stratified random subset of exactly `size` examples.
+
+    Each class gets a share proportional to its count (largest remainder
+    rounding, so the shares sum to `size`), drawn without replacement by a
+    NumPy generator seeded with `seed`.  Used for evaluation subsets
+    (`limit_eval`): the first `size` examples of a split stored in class
+    order would be one or two classes only.
+
+    Args:
+        labels: int array (N,).
+        size: number of examples to keep (>= 1); `size >= N` keeps all.
+        seed: integer seed; the same `(labels, size, seed)` always gives
+            the same subset.
+
+    Returns:
+        Sorted int64 indices.
+    """
+    labels = np.asarray(labels)
+    n = labels.shape[0]
+    size = int(size)
+    if size < 1:
+        raise ValueError(f"size must be >= 1. Received: size={size}")
+    if size >= n:
+        return np.arange(n, dtype=np.int64)
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * (size / n)
+    shares = np.floor(exact).astype(np.int64)
+    # Largest remainders first; ties broken by class order.
+    order = np.argsort(-(exact - shares), kind="stable")
+    shares[order[:size - int(shares.sum())]] += 1
+    rng = np.random.default_rng([int(seed), 0x5B5E7, 0xE7A1])
+    chosen = [
+        rng.choice(np.flatnonzero(labels == cls), size=int(k), replace=False)
+        for cls, k in zip(classes, shares) if k
+    ]
+    return np.sort(np.concatenate(chosen)).astype(np.int64)

@@ -3,6 +3,13 @@
 The folder source decodes the images with Pillow (no TensorFlow); the tfds
 source reads what `prepare_tfds_cinic10` built with the `cinic10` builder
 (`cinic10_builder.py`), always with `download=False`.
+
+The `cinic10` dataset normalizes with CINIC-10's own mean/std, so it checks
+that the data *are* CINIC-10 (its ten class folders and 9,000 images per
+class in every split) before using them; other image folders (CIFAR-10 as
+JPGs, a subset) are refused and pointed to the `image_folder` dataset,
+whose statistics are computed from its own train split.  `verify=False`
+skips the size check (a deliberate subset of CINIC-10, test fakes).
 """
 
 import os
@@ -19,6 +26,7 @@ CINIC10_CLASSES = (
     "dog", "frog", "horse", "ship", "truck",
 )
 CINIC10_SPLIT_SIZE = 90000
+CINIC10_PER_CLASS = CINIC10_SPLIT_SIZE // len(CINIC10_CLASSES)
 TFDS_NAME = "cinic10"
 SPLITS = ("train", "validation", "test")
 
@@ -61,7 +69,27 @@ def resolve_cinic10(data_dir=None):
     )
 
 
-def load_cinic10(data_dir=None, split="train", *, source="auto"):
+def check_cinic10_counts(labels, where, split):
+    """Raises a `ValueError` unless `labels` hold 9,000 examples of each
+    CINIC-10 class (the official size of every split)."""
+    counts = np.bincount(np.asarray(labels), minlength=len(CINIC10_CLASSES))
+    if counts.shape[0] == len(CINIC10_CLASSES) and np.all(
+            counts == CINIC10_PER_CLASS):
+        return
+    per_class = ", ".join(
+        f"{c}: {int(k)}" for c, k in zip(CINIC10_CLASSES, counts))
+    raise ValueError(
+        f"{where} does not hold CINIC-10: its {split!r} split has "
+        f"{int(counts.sum())} images ({per_class}); every "
+        f"CINIC-10 split has {CINIC10_SPLIT_SIZE} ({CINIC10_PER_CLASS} per "
+        "class). CINIC-10's mean/std would be wrong for other images: use "
+        "dataset='image_folder' (statistics computed from its own train "
+        "split), or pass verify=False for a deliberate subset of CINIC-10."
+    )
+
+
+def load_cinic10(data_dir=None, split="train", *, source="auto",
+                 verify=True):
     """Loads one CINIC-10 split as `LabeledImages`.
 
     Args:
@@ -71,6 +99,13 @@ def load_cinic10(data_dir=None, split="train", *, source="auto"):
         split: `"train"`, `"validation"` (the official `valid/` folder) or
             `"test"`.
         source: `"auto"`, `"folder"` or `"tfds"`.
+        verify: check that the split has CINIC-10's size (9,000 images per
+            class) before decoding it; its class folders are always
+            checked.
+
+    Raises:
+        ValueError: the class folders are not CINIC-10's, or (`verify`) the
+            split does not have CINIC-10's size.
     """
     if split not in SPLITS:
         raise ValueError(
@@ -85,7 +120,17 @@ def load_cinic10(data_dir=None, split="train", *, source="auto"):
     if source != "auto":
         kind = source
     if kind == "tfds":
-        return load_cinic10_tfds(root, split)
+        data = load_cinic10_tfds(root, split)
+        if verify:
+            check_cinic10_counts(data.labels["fine"], data.source, split)
+        return data
+    if verify:
+        folder = image_folder.find_split_folder(root, split)
+        if folder is not None:  # else load_image_folder_split explains
+            _, labels, found = image_folder.scan_image_folder(folder)
+            image_folder.check_class_names(folder, found, CINIC10_CLASSES,
+                                           what="the CINIC-10 classes")
+            check_cinic10_counts(labels, root, split)
     return image_folder.load_image_folder_split(
         root, split, class_names=CINIC10_CLASSES
     )

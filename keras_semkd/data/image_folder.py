@@ -4,7 +4,10 @@
 (class names are the sorted sub-folder names), so the pipelines can cache
 the decoded pixels in memory like CIFAR.  A dataset with split folders
 (`train|valid|test/<class>/...`, the CINIC-10 layout) is read split by
-split with `load_image_folder_split(root, split)`.
+split with `load_image_folder_split(root, split)`; the classes of every
+split are the train split's, matched *by folder name* (label `i` means the
+same class in every split), and a split that lacks a class folder or has
+one train does not have is an error naming those classes.
 
 Errors are raised up front, naming the offending path: a missing root, a
 root without class folders, a class folder without images, an unreadable
@@ -37,6 +40,30 @@ def _is_image(name):
     )
 
 
+def class_folder_names(root):
+    """The sorted class sub-folder names of `root` (no image is read)."""
+    root = pathlib.Path(os.fspath(root)).expanduser()
+    return tuple(sorted(
+        p.name for p in root.iterdir()
+        if p.is_dir() and not p.name.startswith(".")
+    ))
+
+
+def check_class_names(root, found, expected, what="the expected classes"):
+    """Raises a `ValueError` naming the missing and unexpected class
+    folders when the set of class folders `found` under `root` differs
+    from `expected`."""
+    missing = [c for c in expected if c not in set(found)]
+    unexpected = [c for c in found if c not in set(expected)]
+    if missing or unexpected:
+        raise ValueError(
+            f"Class folders of {root} do not match {what}: missing "
+            f"{missing}, unexpected {unexpected} (expected "
+            f"{list(expected)}). Classes are matched by folder name; every "
+            "split needs one folder per class."
+        )
+
+
 def scan_image_folder(root):
     """Lists the images of a `<root>/<class>/*` folder.
 
@@ -54,10 +81,7 @@ def scan_image_folder(root):
             f"Image folder {root} does not exist (expected "
             "<root>/<class_name>/<image files>)."
         )
-    class_names = sorted(
-        p.name for p in root.iterdir()
-        if p.is_dir() and not p.name.startswith(".")
-    )
+    class_names = class_folder_names(root)
     if not class_names:
         raise ValueError(
             f"Image folder {root} has no class sub-folders (expected "
@@ -121,19 +145,27 @@ def load_image_folder(root, *, image_size=None, class_names=None,
         root: the folder.
         image_size: optional `(height, width)`; images are resized to it.
             Without it every image must have the size of the first one.
-        class_names: optional expected class names; the sorted sub-folders
-            must equal them (e.g. to check a CINIC-10 copy).
+        class_names: optional expected class names: the sub-folders must
+            be exactly these (e.g. a CINIC-10 copy, or the train split's
+            classes for another split), and label `i` is the folder named
+            `class_names[i]`.
         source: description stored in the result (defaults to `root`).
 
     Returns:
         `LabeledImages` with uint8 (N, H, W, 3) images and `"fine"` labels.
+
+    Raises:
+        ValueError: `class_names` is given and a class folder is missing or
+            unexpected (naming them).
     """
     files, labels, found = scan_image_folder(root)
-    if class_names is not None and tuple(class_names) != found:
-        raise ValueError(
-            f"Class folders of {root} are {list(found)}, expected "
-            f"{list(class_names)}."
-        )
+    if class_names is not None:
+        class_names = tuple(str(c) for c in class_names)
+        check_class_names(root, found, class_names)
+        index = {name: i for i, name in enumerate(class_names)}
+        labels = np.asarray([index[name] for name in found],
+                            np.int32)[labels]
+        found = class_names
     decoded = _decode_all(files, image_size)
     first = decoded[0].shape
     for path, img in zip(files, decoded):
@@ -173,10 +205,14 @@ def load_image_folder_split(root, split, *, image_size=None,
                             class_names=None):
     """Loads `split` from a `train|valid|test/<class>/*` folder.
 
-    A root with no split folders is itself the `"train"` split.
+    A root with no split folders is itself the `"train"` split.  The
+    classes of a validation or test split are the train split's (matched
+    by folder name) unless `class_names` is given.
 
     Raises:
         FileNotFoundError: `root` or the split folder is missing.
+        ValueError: the split's class folders differ from the train split's
+            (or from `class_names`), naming the missing / unexpected ones.
     """
     root = pathlib.Path(os.fspath(root)).expanduser()
     if not root.is_dir():
@@ -189,10 +225,21 @@ def load_image_folder_split(root, split, *, image_size=None,
         if split == "train" and not has_split_folders(root):
             folder = root
         else:
+            hint = (" A validation split must be held out from training: "
+                    "add one of those folders, or train with "
+                    "validation_split > 0 to carve one out of train."
+                    if split == "validation" else "")
             raise FileNotFoundError(
                 f"{root} has no folder for split {split!r} (looked for "
-                f"{', '.join(SPLIT_FOLDERS[split])})."
+                f"{', '.join(SPLIT_FOLDERS[split])}).{hint}"
             )
+    if class_names is None and split != "train":
+        train_folder = find_split_folder(root, "train")
+        if train_folder is not None:
+            class_names = class_folder_names(train_folder)
+            check_class_names(folder, class_folder_names(folder), class_names,
+                              what=f"the train split's classes "
+                                   f"({train_folder})")
     return load_image_folder(
         folder, image_size=image_size, class_names=class_names,
         source=f"{folder} [{split}]",

@@ -135,7 +135,7 @@ def get_numpy_dataset(name, split, batch_size, *, data_dir=None,
                       label_mode="fine", split_seed=None, normalization=None,
                       padding=4, flip=True, workers=1,
                       use_multiprocessing=False, max_queue_size=10,
-                      **kwargs):
+                      max_examples=None, subset_seed=0, **kwargs):
     """TF-free counterpart of `get_dataset` (same arguments and defaults).
 
     Returns:
@@ -145,7 +145,8 @@ def get_numpy_dataset(name, split, batch_size, *, data_dir=None,
     images, labels, info = load_split(
         name, split, data_dir=data_dir, validation_split=validation_split,
         seed=seed, split_seed=split_seed, label_mode=label_mode,
-        normalization=normalization, **kwargs,
+        normalization=normalization, max_examples=max_examples,
+        subset_seed=subset_seed, **kwargs,
     )
     is_train = split == "train"
     augment = is_train if augment is None else bool(augment)

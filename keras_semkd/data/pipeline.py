@@ -33,7 +33,8 @@ def get_dataset(name, split, batch_size, *, data_dir=None, augment=None,
                 shuffle=None, seed=0, validation_split=0.0,
                 drop_remainder=None, label_mode="fine", split_seed=None,
                 normalization=None, padding=4, flip=True,
-                shuffle_buffer=None, with_index=False, epoch=None, **kwargs):
+                shuffle_buffer=None, with_index=False, epoch=None,
+                max_examples=None, subset_seed=0, **kwargs):
     """Builds the batched, prefetched `tf.data.Dataset` of a named dataset.
 
     Args:
@@ -55,8 +56,15 @@ def get_dataset(name, split, batch_size, *, data_dir=None, augment=None,
         label_mode: `"fine"`, `"coarse"` or `"both"` (CIFAR-100); with
             `"both"` the label is `{"fine": ..., "coarse": ...}`.
         split_seed: seed of the carve-out; defaults to `seed`.
-        normalization: `None` for the dataset's constants, a registered
-            name, a `Normalization` or a `(mean, std)` pair.
+        normalization: `None` for the dataset's constants (statistics of
+            the training images when it has none), a registered name, a
+            `Normalization` or a `(mean, std)` pair.
+        max_examples: deliver a stratified random subset of this many
+            examples of the split (`info.split_num_examples` keeps the
+            split's size), e.g. a quick evaluation on part of a test set
+            stored in class order; `None`: all of it.
+        subset_seed: seed of that subset (fixed: the same images for every
+            run).
         padding: zero padding of the random crop (4).
         flip: random horizontal flips when augmenting.
         shuffle_buffer: shuffle buffer (indices); default: the whole split.
@@ -86,7 +94,8 @@ def get_dataset(name, split, batch_size, *, data_dir=None, augment=None,
     images, labels, info = load_split(
         name, split, data_dir=data_dir, validation_split=validation_split,
         seed=seed, split_seed=split_seed, label_mode=label_mode,
-        normalization=normalization, **kwargs,
+        normalization=normalization, max_examples=max_examples,
+        subset_seed=subset_seed, **kwargs,
     )
     is_train = split == "train"
     augment = is_train if augment is None else bool(augment)

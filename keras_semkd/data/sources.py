@@ -25,6 +25,7 @@ from keras_semkd.data import cinic10
 from keras_semkd.data import image_folder
 from keras_semkd.data import synthetic
 from keras_semkd.data.arrays import carve_validation
+from keras_semkd.data.arrays import stratified_subset
 from keras_semkd.data.normalization import Normalization
 from keras_semkd.data.normalization import get_normalization
 from keras_semkd.data.normalization import normalization_from_images
@@ -75,6 +76,16 @@ class DatasetInfo:
         normalization: the `Normalization` applied in the pipeline.
         coarse_class_names: CIFAR-100 super-class names, when available.
         validation_split: fraction of train carved out as validation.
+        carved: `True` when this split was carved out of the dataset's
+            train split (`"validation"`: the held-out part; `"train"`: the
+            rest); `False` for a split the dataset provides itself.
+        split_seed: the seed of the carve-out (`None` when not carved).
+        split_num_examples: examples in the whole split before an
+            evaluation subset (`max_examples`); equals `num_examples`
+            when the whole split is delivered.
+        subset_seed: seed of the stratified subset (`None`: whole split).
+        normalization_source: where `normalization` comes from (the
+            dataset's registered constants, the training images, or given).
         batch_size: batch size of the pipeline (`None` for raw arrays).
         num_batches: batches per epoch (`None` for raw arrays).
         augment: whether the pipeline augments.
@@ -100,11 +111,56 @@ class DatasetInfo:
     augment: bool = False
     shuffle: bool = False
     seed: int = 0
+    carved: bool = False
+    split_seed: Optional[int] = None
+    split_num_examples: Optional[int] = None
+    subset_seed: Optional[int] = None
+    normalization_source: str = ""
 
     @property
     def is_real(self):
         """`True` for real (not generated) data."""
         return not self.is_generated
+
+    @property
+    def is_subset(self):
+        """`True` when only a stratified subset of the split is delivered."""
+        return self.subset_seed is not None
+
+    def describe_split(self):
+        """A one-line account of which images these are, for reports:
+        the split, whether it was carved out of train, and whether it is a
+        subset (e.g. `"validation carved from train (10% validation,
+        stratified, split_seed=0; held out from training); stratified
+        subset of 500 of 5000 images (seed 0)"`)."""
+        text = self.split
+        if self.carved:
+            part = ("held out from training" if self.split == "validation"
+                    else "the rest of train, what the model trains on")
+            text += (f" carved from train ({100 * self.validation_split:g}% "
+                     f"validation, stratified, split_seed={self.split_seed};"
+                     f" {part})")
+        if self.is_subset:
+            text += (f"; stratified subset of {self.num_examples} of "
+                     f"{self.split_num_examples} images "
+                     f"(seed {self.subset_seed})")
+        else:
+            text += f"; all {self.num_examples} images"
+        return text
+
+    def split_record(self):
+        """The JSON-able description of the delivered split (reports)."""
+        return {
+            "split": self.split,
+            "description": self.describe_split(),
+            "num_examples": self.num_examples,
+            "split_num_examples": self.split_num_examples,
+            "is_subset": self.is_subset,
+            "subset_seed": self.subset_seed,
+            "carved_from_train": self.carved,
+            "validation_split": self.validation_split,
+            "split_seed": self.split_seed,
+        }
 
 
 DATASETS = Registry("dataset")
@@ -138,8 +194,9 @@ def _load_cifar100(split, data_dir, source="auto", verify=True,
         raise
 
 
-def _load_cinic10(split, data_dir, source="auto"):
-    return cinic10.load_cinic10(data_dir, split, source=source)
+def _load_cinic10(split, data_dir, source="auto", verify=True):
+    return cinic10.load_cinic10(data_dir, split, source=source,
+                                verify=verify)
 
 
 def _load_image_folder(split, data_dir, image_size=None):
@@ -183,21 +240,29 @@ DATASETS.register("synthetic", DatasetSpec(
 
 
 def _resolve_normalization(normalization, spec, train_loader):
+    """Returns `(Normalization, description of its source)`."""
     if isinstance(normalization, Normalization):
-        return normalization
+        return normalization, "given"
     if isinstance(normalization, str):
-        return get_normalization(normalization)
+        return (get_normalization(normalization),
+                f"registered constants {normalization!r}")
+    if isinstance(normalization, dict):
+        return (Normalization(mean=normalization["mean"],
+                              std=normalization["std"]), "given")
     if normalization is not None:
         mean, std = normalization
-        return Normalization(mean=mean, std=std)
+        return Normalization(mean=mean, std=std), "given"
     if spec.normalization is not None:
-        return get_normalization(spec.normalization)
-    return normalization_from_images(train_loader().images)
+        return (get_normalization(spec.normalization),
+                f"registered constants {spec.normalization!r}")
+    train = train_loader()
+    return (normalization_from_images(train.images),
+            f"computed from the {len(train)} training images")
 
 
 def load_split(name, split, *, data_dir=None, validation_split=0.0, seed=0,
                split_seed=None, label_mode="fine", normalization=None,
-               **kwargs):
+               max_examples=None, subset_seed=0, **kwargs):
     """Loads one split of a registered dataset as uint8 arrays.
 
     Args:
@@ -212,11 +277,19 @@ def load_split(name, split, *, data_dir=None, validation_split=0.0, seed=0,
         split_seed: seed of the carve-out (defaults to `seed`); keep it
             fixed while varying `seed` to keep the same validation set.
         label_mode: `"fine"`, `"coarse"` or `"both"`.
-        normalization: `None` (the dataset's constants, or statistics of its
-            train split when it has none), a registered name, a
-            `Normalization` or a `(mean, std)` pair.
+        normalization: `None` (the dataset's constants, or statistics of the
+            images the model trains on -- the train split less any
+            carved validation part -- when it has none), a registered name,
+            a `Normalization`, a `{"mean", "std"}` dict or a `(mean, std)`
+            pair.
+        max_examples: deliver a stratified random subset of this many
+            examples (each class keeps its share; the same subset for a
+            given `subset_seed`), e.g. to evaluate on part of a test split
+            stored in class order.  `None`: the whole split.
+        subset_seed: seed of that subset (fixed by default, so every run
+            evaluates on the same images).
         **kwargs: passed to the dataset's loader (e.g. `source=`,
-            `md5_table=`, `num_classes=`, `image_size=`).
+            `md5_table=`, `num_classes=`, `image_size=`, `verify=`).
 
     Returns:
         `(images, labels, info)`: uint8 (N, H, W, C) images, int32 labels
@@ -239,29 +312,56 @@ def load_split(name, split, *, data_dir=None, validation_split=0.0, seed=0,
                 f"{spec.label_kinds}). Received: label_mode={label_mode!r}"
             )
     validation_split = float(validation_split or 0.0)
-    split_seed = seed if split_seed is None else split_seed
+    split_seed = int(seed if split_seed is None else split_seed)
+    if max_examples is not None and (
+            isinstance(max_examples, bool) or int(max_examples) < 1):
+        raise ValueError(
+            "max_examples must be a positive integer or None. "
+            f"Received: max_examples={max_examples!r}"
+        )
+    loaded = {}
 
     def load(s):
-        return spec.load(s, data_dir, **kwargs)
+        if s not in loaded:
+            loaded[s] = spec.load(s, data_dir, **kwargs)
+        return loaded[s]
 
-    if validation_split > 0.0 and split in ("train", "validation"):
+    def carve():
         full = load("train")
-        train_idx, val_idx = carve_validation(
-            full.labels["fine"], validation_split, split_seed
-        )
+        return full, carve_validation(full.labels["fine"], validation_split,
+                                      split_seed)
+
+    def training_images():
+        # The images the model trains on: train less any carved validation.
+        if validation_split > 0.0:
+            full, (train_idx, _) = carve()
+            return full.take(train_idx)
+        return load("train")
+
+    carved = validation_split > 0.0 and split in ("train", "validation")
+    if carved:
+        full, (train_idx, val_idx) = carve()
         data = full.take(train_idx if split == "train" else val_idx)
     elif split not in spec.splits:
         raise ValueError(
             f"Dataset {name!r} has no {split!r} split of its own (it has "
-            f"{spec.splits}); pass validation_split=0.1 (for example) to "
-            "carve a validation set out of train."
+            f"{spec.splits}). A validation split must be held out from "
+            "training: set validation_split=0.1 (for example) when training "
+            "so that part of train is carved out and never trained on; "
+            "carving one after training would score training images."
         )
     else:
         data = load(split)
-    norm = _resolve_normalization(
-        normalization, spec, lambda: data if split == "train" and
-        validation_split == 0.0 else load("train")
+    norm, norm_source = _resolve_normalization(
+        normalization, spec,
+        lambda: data if split == "train" else training_images(),
     )
+    split_num_examples = len(data)
+    if max_examples is not None and int(max_examples) < len(data):
+        data = data.take(stratified_subset(
+            data.labels["fine"], int(max_examples), subset_seed))
+    else:
+        subset_seed = None
     if label_mode == "both":
         labels = {"fine": data.labels["fine"], "coarse": data.labels["coarse"]}
     else:
@@ -283,6 +383,11 @@ def load_split(name, split, *, data_dir=None, validation_split=0.0, seed=0,
             if "coarse" in data.class_names else None
         ),
         validation_split=validation_split,
+        carved=carved,
+        split_seed=split_seed if carved else None,
+        split_num_examples=split_num_examples,
+        subset_seed=None if subset_seed is None else int(subset_seed),
+        normalization_source=norm_source,
     )
     if len(data) == 0:
         raise ValueError(f"Split {split!r} of {name!r} is empty.")

@@ -76,7 +76,7 @@ def test_cinic10_folder_source_checks_classes(tmp_path):
 
 def test_cinic10_get_dataset_from_folders(cinic_root):
     ds, info = kd_data.get_dataset("cinic10", "validation", 8,
-                                   data_dir=cinic_root.parent)
+                                   data_dir=cinic_root.parent, verify=False)
     assert info.num_examples == 30 and info.num_classes == 10
     assert info.class_names == kd_data.CINIC10_CLASSES
     assert info.normalization == kd_data.get_normalization("cinic10")
@@ -106,13 +106,14 @@ def test_cinic10_tfds_builder(tmp_path, cinic_root):
     image, label = next(iter(ds))
     assert image.shape == (32, 32, 3) and 0 <= int(label) < 10
     for split in ("train", "validation", "test"):
-        a = kd_data.load_cinic10(tfds_dir, split)  # auto -> tfds
-        b = kd_data.load_cinic10(cinic_root, split)  # folder
+        a = kd_data.load_cinic10(tfds_dir, split, verify=False)  # tfds
+        b = kd_data.load_cinic10(cinic_root, split, verify=False)  # folder
         assert a.source.startswith("tfds:")
         np.testing.assert_array_equal(a.images, b.images)
         np.testing.assert_array_equal(a.labels["fine"], b.labels["fine"])
     ds, info = kd_data.get_dataset("cinic10", "train", 10, data_dir=tfds_dir,
-                                   validation_split=0.34, seed=0)
+                                   validation_split=0.34, seed=0,
+                                   verify=False)
     assert info.num_examples == 20  # one of 3 per class carved out
 
 
