@@ -6,6 +6,9 @@ declaration fits every pair of the model zoo.
 """
 
 import inspect
+import io
+import os
+import zipfile
 
 import keras
 
@@ -109,6 +112,86 @@ def resolve_terms(terms, teacher, student, weight_decay=None,
     return resolved
 
 
+def logits_width(model, logits_key="logits"):
+    """The number of logits of a (dict-output) model, or `None` when it
+    cannot be read without running the model."""
+    try:
+        out = model.output
+    except (AttributeError, ValueError):
+        return None
+    if isinstance(out, dict):
+        out = out.get(logits_key)
+    shape = getattr(out, "shape", None)
+    if shape is None or len(shape) != 2 or shape[-1] is None:
+        return None
+    return int(shape[-1])
+
+
+def stored_num_classes(path):
+    """The number of classes of the classifier stored in a Keras weights
+    file (`.weights.h5`, or the weights inside a `.keras` file): the width
+    of its one 2-D kernel. `None` when the file does not have exactly one
+    (no check is then possible)."""
+    import h5py
+
+    def widths(h5):
+        found = []
+        h5.visititems(lambda name, obj: found.append(obj.shape[-1])
+                      if isinstance(obj, h5py.Dataset) and obj.ndim == 2
+                      else None)
+        return found
+
+    try:
+        if os.fspath(path).endswith(".keras"):
+            with zipfile.ZipFile(path) as z:
+                with h5py.File(io.BytesIO(z.read("model.weights.h5")),
+                               "r") as h5:
+                    found = widths(h5)
+        else:
+            with h5py.File(path, "r") as h5:
+                found = widths(h5)
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return None
+    return int(found[0]) if len(found) == 1 else None
+
+
+def check_num_classes(model, num_classes, role):
+    """Raises a one-line `ValueError` when `model`'s logits are not
+    `num_classes` wide (e.g. a teacher of another dataset)."""
+    width = logits_width(model)
+    if width is not None and width != num_classes:
+        raise ValueError(
+            f"The {role} {model.name!r} has {width} logits but the recipe "
+            f"has num_classes={num_classes}: teacher and student must "
+            "predict the same classes. Received: "
+            f"{role} classes={width}, num_classes={num_classes}"
+        )
+
+
+def load_weights_checked(model, path, role, num_classes):
+    """`model.load_weights(path)` with the class count checked first, so a
+    file of another dataset gives one line naming both counts instead of
+    Keras' per-variable dump."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No {role} weights at {path!r}.")
+    stored = stored_num_classes(path)
+    if stored is not None and stored != num_classes:
+        raise ValueError(
+            f"The {role} weights {path!r} are for {stored} classes but the "
+            f"recipe has num_classes={num_classes}: teacher and student must "
+            "predict the same classes (train the teacher on this dataset). "
+            f"Received: {role} classes={stored}, num_classes={num_classes}"
+        )
+    try:
+        model.load_weights(path)
+    except ValueError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(
+            f"The {role} weights {path!r} do not fit {model.name!r} "
+            f"({num_classes} classes): {first}"
+        ) from None
+
+
 def build_model(name, num_classes, weight_decay=0.0, input_shape=(32, 32, 3)):
     """A zoo model with PyTorch-style coupled weight decay."""
     return zoo.get(name, num_classes=num_classes, input_shape=input_shape,
@@ -140,11 +223,16 @@ def build_distiller(recipe, teacher=None, student=None,
         student = build_model(recipe.student, recipe.num_classes,
                               recipe.optimizer.weight_decay,
                               input_shape=input_shape)
+    else:
+        check_num_classes(student, recipe.num_classes, "student")
     if teacher is None:
         teacher = build_model(recipe.teacher, recipe.num_classes,
                               input_shape=input_shape)
         if recipe.teacher_weights:
-            teacher.load_weights(recipe.teacher_weights)
+            load_weights_checked(teacher, recipe.teacher_weights, "teacher",
+                                 recipe.num_classes)
+    else:
+        check_num_classes(teacher, recipe.num_classes, "teacher")
     terms = resolve_terms(recipe.terms, teacher, student,
                           weight_decay=recipe.optimizer.weight_decay,
                           num_train_examples=num_train_examples)
