@@ -7,6 +7,7 @@ from keras_semkd.export.serving import OUTPUT_NAMES
 from keras_semkd.export.serving import SIGNATURE_NAME
 from keras_semkd.export.serving import ExportMismatchError
 from keras_semkd.export.serving import ServingExport
+from keras_semkd.export.serving import clean_stale_temporaries
 from keras_semkd.export.serving import default_class_names
 from keras_semkd.export.serving import export_student
 from keras_semkd.export.serving import keras_probabilities

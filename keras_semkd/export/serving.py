@@ -27,13 +27,25 @@ runs the student and returns
 * `top_k_scores`: float32 `(None, k)`, their probabilities;
 * `top_k_names`: string `(None, k)`, their class names (a constant lookup).
 
+The signature's image size is enforced in the graph: an image of another
+size than the student was built for (e.g. 64x64 for a 32x32 student) is
+refused with an `InvalidArgumentError`, by TF Serving too, instead of
+being scored.
+
 A version appears atomically: it is written into a hidden temporary folder
 inside `<export_root>/<name>/` (TF Serving only loads folders whose name is
 an integer) and then renamed into place, so a server watching the folder
-never sees a partial version; a failed export leaves nothing behind.
+never sees a partial version; a failed export leaves nothing behind.  An
+export killed outside Python's control (`kill -9`) leaves its temporary
+folder; each export holds an advisory lock on its temporaries, and the
+next export (or `clean_stale_temporaries`) removes those no live export
+holds.
 
 `reload_check` loads the SavedModel back with `tf.saved_model.load` and
-compares its signature with the Keras student on the same images.
+compares its signature with the Keras student on the same images, under
+the normalization it is given -- pass the statistics the student was
+*trained* under (a run's `data.json`), so that an export built with other
+statistics is caught rather than compared with itself.
 """
 
 import contextlib
@@ -257,6 +269,11 @@ def _build_serving_function(student, image_shape, normalization,
                       name=INPUT_NAME)
     ])
     def serve(images):
+        # A signature called with another image size is not checked by
+        # TF (the concrete function runs on any shape the ops accept), so
+        # the graph checks it: refuse, never score a resized problem.
+        images = tf.ensure_shape(images, (None,) + tuple(image_shape),
+                                 name="check_image_shape")
         # Same fused transform as keras_semkd.data.augment.normalize:
         # x * 1/(255 std) - mean/std == (x / 255 - mean) / std.
         x = tf.cast(images, tf.float32) * tf.constant(scale) \
@@ -309,6 +326,69 @@ def _next_version(model_dir):
     return max(taken, default=0) + 1
 
 
+def _hold(path):
+    """Opens `path` (a file or folder) and takes an exclusive advisory
+    lock on it; returns the descriptor (closing it releases the lock)."""
+    fd = os.open(path, os.O_RDONLY)
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _new_temporary(model_dir, suffix=None):
+    """A held (locked) temporary folder, or file with `suffix`, inside
+    `model_dir`: `(path, fd)`. Created under `model_dir`'s lock, so a
+    concurrent clean-up never sees it unheld."""
+    with _locked(model_dir):
+        if suffix is None:
+            path = tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=model_dir)
+        else:
+            fd, path = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=suffix,
+                                        dir=model_dir)
+            os.close(fd)
+        return path, _hold(path)
+
+
+def _remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def clean_stale_temporaries(model_dir):
+    """Removes the temporaries (`.tmp-export-*`) of exports that died
+    without cleaning up (e.g. killed), i.e. those no live export holds.
+
+    Returns:
+        The removed paths.
+    """
+    model_dir = os.fspath(model_dir)
+    if not os.path.isdir(model_dir):
+        return []
+    removed = []
+    with _locked(model_dir):
+        for entry in sorted(os.listdir(model_dir)):
+            if not entry.startswith(_TMP_PREFIX):
+                continue
+            path = os.path.join(model_dir, entry)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                if fcntl is not None:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # a live export's
+                _remove(path)
+                removed.append(path)
+            finally:
+                os.close(fd)
+    return removed
+
+
 @contextlib.contextmanager
 def _locked(directory):
     """An exclusive advisory lock on `directory` (no lock file needed)."""
@@ -355,6 +435,11 @@ def write_models_config(export_root,
     else:
         base = str(serving_base_path).rstrip("/") or "/"
     with _locked(export_root):
+        # A rewrite killed mid-way left its temporary (we hold the lock, so
+        # no rewrite is in progress).
+        for entry in os.listdir(export_root):
+            if entry.startswith(".models.config."):
+                _remove(os.path.join(export_root, entry))
         models = sorted(
             entry for entry in os.listdir(export_root)
             if _NAME_RE.match(entry)
@@ -411,7 +496,8 @@ def export_student(model_or_path, export_root, name, version=None, *,
                    dataset="cifar100", class_names=None, top_k=5,
                    normalization=None, recipe=None, overwrite=False,
                    logits_key="logits", source=None,
-                   serving_base_path=DEFAULT_SERVING_BASE_PATH):
+                   serving_base_path=DEFAULT_SERVING_BASE_PATH,
+                   image_shape=None, run_data=None):
     """Exports the student as a TF Serving SavedModel version.
 
     Writes `<export_root>/<name>/<version>/` atomically (see the module
@@ -433,6 +519,7 @@ def export_student(model_or_path, export_root, name, version=None, *,
         normalization: overrides the dataset's normalization: a registered
             name, a `Normalization`, a `{"mean", "std"}` dict or a
             `(mean, std)` pair (needed for `image_folder` data).
+            Give the statistics the student was trained under.
         recipe: the `Recipe` (or its dict) that trained the student, stored
             in the sidecar JSON.
         overwrite: replace an existing `version`; otherwise refuse.
@@ -442,6 +529,15 @@ def export_student(model_or_path, export_root, name, version=None, *,
             the path, or the type of the given object.
         serving_base_path: where the server sees `export_root` (for
             `models.config`); see `write_models_config`.
+        image_shape: `(height, width, channels)` the signature takes, for
+            a student whose input has unknown spatial dimensions; must
+            agree with the student's known ones. Default: the student's.
+        run_data: the data record of the run that trained the student
+            (`keras_semkd.training.read_run_data(run_dir)`): its class
+            names, training normalization and image shape are used (and
+            must agree with `class_names` / `normalization` /
+            `image_shape` when those are given too), and it is stored in
+            the sidecar JSON.
 
     Returns:
         A `ServingExport`.
@@ -472,7 +568,28 @@ def export_student(model_or_path, export_root, name, version=None, *,
                   if isinstance(model_or_path, (str, os.PathLike))
                   else type(model_or_path).__name__)
     student = load_student(model_or_path)
-    image_shape, num_classes = _model_signature(student, logits_key)
+    model_shape, num_classes = _model_signature(student, logits_key)
+    if run_data is not None:
+        dataset = run_data.get("dataset", dataset)
+        run_names = tuple(run_data["class_names"])
+        if class_names is not None and tuple(class_names) != run_names:
+            raise ValueError(
+                "class_names differ from the run's (its data.json): "
+                f"{list(class_names)} vs {list(run_names)}."
+            )
+        class_names = run_names
+        run_norm = Normalization(mean=run_data["normalization"]["mean"],
+                                 std=run_data["normalization"]["std"])
+        if normalization is not None and _resolve_normalization(
+                normalization, dataset) != run_norm:
+            raise ValueError(
+                "normalization differs from the statistics the run trained "
+                f"under (its data.json): {normalization} vs {run_norm}."
+            )
+        normalization = run_norm
+        if image_shape is None and run_data.get("input_shape"):
+            image_shape = tuple(run_data["input_shape"])
+    image_shape = _check_image_shape(model_shape, image_shape, student)
     if class_names is None:
         class_names = default_class_names(dataset, num_classes)
     class_names = tuple(str(c) for c in class_names)
@@ -499,12 +616,13 @@ def export_student(model_or_path, export_root, name, version=None, *,
     export_root = os.path.abspath(os.fspath(export_root))
     model_dir = os.path.join(export_root, name)
     os.makedirs(model_dir, exist_ok=True)
+    clean_stale_temporaries(model_dir)
 
     serve = _build_serving_function(student, image_shape, norm, class_names,
                                     top_k, logits_key)
     module = _ServingModule(serve, student.variables)
-    tmp_dir = tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=model_dir)
-    tmp_keras = None
+    tmp_dir, tmp_dir_fd = _new_temporary(model_dir)
+    tmp_keras, tmp_keras_fd = None, None
     try:
         os.chmod(tmp_dir, _DIR_MODE)
         tf.saved_model.save(module, tmp_dir,
@@ -544,14 +662,13 @@ def export_student(model_or_path, export_root, name, version=None, *,
                 "formula": "(uint8 / 255 - mean) / std",
             },
             "recipe": recipe,
+            "run_data": run_data,
             "versions": {"keras": keras.__version__,
                          "tensorflow": tf.__version__},
         }
         meta_dir = os.path.join(tmp_dir, os.path.dirname(METADATA_PATH))
         os.makedirs(meta_dir, exist_ok=True)
-        fd, tmp_keras = tempfile.mkstemp(prefix=_TMP_PREFIX,
-                                         suffix=".keras", dir=model_dir)
-        os.close(fd)
+        tmp_keras, tmp_keras_fd = _new_temporary(model_dir, suffix=".keras")
         student.save(tmp_keras)
         os.chmod(tmp_keras, _FILE_MODE)
         version = _place_version(model_dir, tmp_dir, version, overwrite,
@@ -565,6 +682,9 @@ def export_student(model_or_path, export_root, name, version=None, *,
             shutil.rmtree(tmp_dir, ignore_errors=True)
         if tmp_keras is not None and os.path.exists(tmp_keras):
             os.remove(tmp_keras)
+        for fd in (tmp_dir_fd, tmp_keras_fd):
+            if fd is not None:
+                os.close(fd)
     config_path = write_models_config(export_root, serving_base_path)
     path = os.path.join(model_dir, str(version))
     return ServingExport(
@@ -572,6 +692,29 @@ def export_student(model_or_path, export_root, name, version=None, *,
         metadata_path=os.path.join(path, METADATA_PATH),
         config_path=config_path, metadata=metadata,
     )
+
+
+def _check_image_shape(model_shape, image_shape, student):
+    """The signature's `(H, W, C)`: the student's, with unknown dimensions
+    taken from `image_shape`."""
+    if image_shape is None:
+        return tuple(model_shape)
+    try:
+        image_shape = tuple(int(d) for d in image_shape)
+    except (TypeError, ValueError):
+        raise ValueError(
+            "image_shape must be (height, width, channels) integers. "
+            f"Received: image_shape={image_shape!r}"
+        ) from None
+    if len(image_shape) != len(model_shape) or any(
+            m is not None and m != d for m, d in zip(model_shape,
+                                                      image_shape)):
+        raise ValueError(
+            f"image_shape {image_shape} does not fit the student "
+            f"{student.name!r}, built for {tuple(model_shape)} images. "
+            f"Received: image_shape={image_shape}"
+        )
+    return image_shape
 
 
 def _place_version(model_dir, tmp_dir, version, overwrite, metadata,
@@ -645,8 +788,12 @@ def reload_check(export_dir, model, images, *, atol=1e-5,
         model: the Keras student (or a `Distiller`, or a `.keras` path).
         images: uint8 array `(N, H, W, 3)`.
         atol: largest accepted absolute difference.
-        normalization: overrides the normalization read from the export's
-            metadata (same forms as in `export_student`).
+        normalization: the statistics the model was *trained* under (same
+            forms as in `export_student`; e.g. from the run's
+            `data.json`): the Keras side is computed under them, and an
+            export built with other statistics is refused. `None` uses
+            the export's own metadata, which only checks the export
+            against itself.
         logits_key: the logits output of a dict-output model.
 
     Returns:
@@ -662,11 +809,22 @@ def reload_check(export_dir, model, images, *, atol=1e-5,
             "images must be a uint8 (N, H, W, C) array. Received: "
             f"dtype={images.dtype}, shape={images.shape}"
         )
+    meta = read_metadata(export_dir).get("normalization", {})
+    exported = Normalization(mean=meta["mean"], std=meta["std"])
     if normalization is None:
-        meta = read_metadata(export_dir).get("normalization", {})
-        norm = Normalization(mean=meta["mean"], std=meta["std"])
+        norm = exported
     else:
         norm = _resolve_normalization(normalization, None)
+        if not np.allclose(norm.mean, exported.mean, rtol=0, atol=1e-7) \
+                or not np.allclose(norm.std, exported.std, rtol=0,
+                                   atol=1e-7):
+            raise ExportMismatchError(
+                f"The SavedModel at {export_dir!r} normalizes with mean "
+                f"{list(exported.mean)}, std {list(exported.std)}, but the "
+                f"model was trained under mean {list(norm.mean)}, std "
+                f"{list(norm.std)}: its predictions would differ from the "
+                "trained model's."
+            )
     model = load_student(model)
     loaded = tf.saved_model.load(os.fspath(export_dir))
     if SIGNATURE_NAME not in loaded.signatures:

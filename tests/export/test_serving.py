@@ -452,3 +452,71 @@ def test_student_saved_under_jax_exports_under_tensorflow(tmp_path):
     assert export.reload_check(result.path, str(keras_file), x) <= 1e-5
     with open(result.metadata_path, encoding="utf-8") as f:
         assert json.load(f)["source"] == str(keras_file)
+
+
+# ---------------------------------------------------------------------------
+# Honest exports (issue #11)
+# ---------------------------------------------------------------------------
+
+
+def test_signature_refuses_images_of_another_size(exported):
+    _, result = exported
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"\[1,64,64,3\].*\[\?,32,32,3\]"):
+        _serve(result.path, _images(1, size=64))
+
+
+def test_reload_check_refuses_an_export_with_other_statistics(exported,
+                                                              student):
+    _, result = exported  # built with the cifar100 statistics
+    cinic = data_lib.get_normalization("cinic10")
+    with pytest.raises(export.ExportMismatchError, match="trained under"):
+        export.reload_check(result.path, student, _images(2),
+                            normalization=cinic)
+    assert export.reload_check(result.path, student, _images(2),
+                               normalization=NORM) <= 1e-5
+
+
+def test_run_data_gives_classes_statistics_and_image_shape(student,
+                                                           tmp_path):
+    names = [f"c{i}" for i in range(100)]
+    run_data = {"dataset": "image_folder", "class_names": names,
+                "input_shape": [32, 32, 3],
+                "normalization": {"mean": [0.1, 0.2, 0.3],
+                                  "std": [0.3, 0.2, 0.1]}}
+    result = export.export_student(student, tmp_path, "m", top_k=3,
+                                   run_data=run_data)
+    meta = export.read_metadata(result.path)
+    assert meta["class_names"] == names and meta["dataset"] == "image_folder"
+    assert meta["normalization"]["mean"] == [0.1, 0.2, 0.3]
+    assert meta["run_data"] == run_data
+    with pytest.raises(ValueError, match="class_names differ"):
+        export.export_student(student, tmp_path, "m", run_data=run_data,
+                              class_names=names[::-1])
+    with pytest.raises(ValueError, match="normalization differs"):
+        export.export_student(student, tmp_path, "m", run_data=run_data,
+                              normalization="cifar100")
+    with pytest.raises(ValueError, match=r"image_shape \(64, 64, 3\)"):
+        export.export_student(student, tmp_path, "m", run_data=run_data,
+                              image_shape=(64, 64, 3))
+    assert export.list_versions(tmp_path / "m") == [1]
+
+
+def test_stale_temporaries_are_removed_and_live_ones_kept(student, tmp_path):
+    from keras_semkd.export import serving
+
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    stale_dir = model_dir / ".tmp-export-dead"
+    stale_dir.mkdir()
+    (stale_dir / "saved_model.pb").write_bytes(b"partial")
+    (model_dir / ".tmp-export-dead.keras").write_bytes(b"partial")
+    live, fd = serving._new_temporary(str(model_dir))
+    try:
+        export.export_student(student, tmp_path, "m")
+        left = sorted(e for e in os.listdir(model_dir) if e.startswith("."))
+        assert left == [os.path.basename(live)]
+    finally:
+        os.close(fd)
+    assert export.clean_stale_temporaries(model_dir) == [live]
+    assert sorted(os.listdir(model_dir)) == ["1", "student-1.keras"]
