@@ -13,6 +13,12 @@ Examples:
         --teacher_weights=teacher.weights.h5 --epochs=240
     python experiments/distill.py --override=terms.kd.temperature=2 \
         --override=optimizer.learning_rate=0.1
+
+Continue a run's last state with changed hyper-parameters (e.g. after a
+NaN, with a lower learning rate) in a new run directory:
+
+    python experiments/distill.py --override=optimizer.learning_rate=0.01 \
+        --resume_from=runs/cpu_smoke --run_dir=runs/cpu_smoke-lr0.01
 """
 
 import json
@@ -60,8 +66,15 @@ flags.DEFINE_multi_string("override", [],
                           "terms.kd.temperature=2 (values parsed as JSON).")
 flags.DEFINE_string("output_dir", "runs",
                     "Run directory root: <output_dir>/<recipe>/ holds the "
-                    "config, history.csv, TensorBoard logs, checkpoints, "
-                    "report.json; rerunning resumes it.")
+                    "config, data.json, history.csv, TensorBoard logs, "
+                    "checkpoints, report.json; rerunning resumes it.")
+flags.DEFINE_string("run_dir", None,
+                    "The run directory (default: <output_dir>/<recipe>).")
+flags.DEFINE_string("resume_from", None,
+                    "Start from the last state of another run directory "
+                    "(same model, data and seed; other hyper-parameters may "
+                    "change), e.g. to continue after a NaN with a lower "
+                    "learning rate. Needs --run_dir (a new directory).")
 flags.DEFINE_integer("seed", None, "Override the seed.")
 flags.DEFINE_integer("checkpoint_every", 200,
                      "Save the full training state every N steps (resume "
@@ -161,7 +174,17 @@ def main(argv):
 
     recipe = resolve_recipe()
     teacher_top1 = None
-    run_dir = os.path.join(FLAGS.output_dir, recipe.name)
+    run_dir = FLAGS.run_dir or os.path.join(FLAGS.output_dir, recipe.name)
+    if FLAGS.resume_from and not FLAGS.run_dir:
+        raise app.UsageError(
+            "--resume_from starts a new run: give it its own --run_dir.")
+    if FLAGS.resume_from and not FLAGS.teacher_weights:
+        # The same teacher as the run continued (not a new quick one).
+        with open(os.path.join(FLAGS.resume_from, training.CONFIG_FILE),
+                  encoding="utf-8") as f:
+            source = configs.Recipe.from_json(f.read())
+        if source.teacher_weights:
+            recipe = recipe.override(teacher_weights=source.teacher_weights)
     os.makedirs(run_dir, exist_ok=True)
     logging.info("Recipe:\n%s", recipe.to_json())
     teacher_path = os.path.join(run_dir, "teacher.weights.h5")
@@ -173,8 +196,16 @@ def main(argv):
                      "%s (weights/README.md).", recipe.teacher, shipped)
         print(f"teacher {recipe.teacher}: shipped weights {shipped}")
         recipe = recipe.override(teacher_weights=shipped)
-    if recipe.teacher and not recipe.teacher_weights:
-        if not os.path.exists(teacher_path):
+    quick_teacher = recipe.teacher and not recipe.teacher_weights
+    if quick_teacher:
+        recipe = recipe.override(teacher_weights=teacher_path)
+    # Checks the directory (lock, config) before anything is trained.
+    runner = training.Runner(
+        recipe, run_dir, checkpoint_every=FLAGS.checkpoint_every,
+        strategy=distribute.make_strategy(FLAGS.strategy),
+        resume_from=FLAGS.resume_from)
+    with runner.lock():
+        if quick_teacher and not os.path.exists(teacher_path):
             teacher_recipe = configs.Recipe(
                 name=f"{recipe.name}-teacher", student=recipe.teacher,
                 epochs=FLAGS.teacher_epochs,
@@ -193,25 +224,23 @@ def main(argv):
                                     "last.weights.h5"), teacher_path)
             teacher_top1 = t_report["last"]["top1"]
             print(f"teacher {recipe.teacher} (quick, "
-                  f"{FLAGS.teacher_epochs} epoch(s)): test top-1 "
-                  f"{t_report['last']['top1']:.4f}")
-        recipe = recipe.override(teacher_weights=teacher_path)
-    runner = training.Runner(
-        recipe, run_dir, checkpoint_every=FLAGS.checkpoint_every,
-        strategy=distribute.make_strategy(FLAGS.strategy))
-    report = runner.run(verbose=FLAGS.verbose)
-    if runner.chief:
-        runner.student.save(os.path.join(run_dir, "student.keras"))
-        plotting.plot_training_curves(
-            {recipe.student: os.path.join(run_dir, "history.csv")},
-            os.path.join(run_dir, "curves.png"), title=recipe.name,
-            teacher_top1=teacher_top1)
+                  f"{FLAGS.teacher_epochs} epoch(s)): top-1 "
+                  f"{t_report['last']['top1']:.4f} on "
+                  f"{t_report['eval']['description']}")
+        report = runner.run(verbose=FLAGS.verbose)
+        if runner.chief:
+            runner.student.save(os.path.join(run_dir, "student.keras"))
+            plotting.plot_training_curves(
+                {recipe.student: os.path.join(run_dir, "history.csv")},
+                os.path.join(run_dir, "curves.png"), title=recipe.name,
+                teacher_top1=teacher_top1)
     data_note = (" (GENERATED data, not CIFAR-100)"
                  if report["data"].get("is_generated") else "")
-    print(f"{recipe.name}: student {recipe.student} test top-1 "
+    print(f"{recipe.name}: student {recipe.student} top-1 "
           f"last {report['last']['top1']:.4f}, best "
           f"{report['best_top1']:.4f}, top-5 {report['last']['top5']:.4f} "
-          f"after {report['epochs_done']} epoch(s){data_note}")
+          f"after {report['epochs_done']} epoch(s){data_note}, on "
+          f"{report['eval']['description']}")
     print(f"run directory: {run_dir}")
 
 

@@ -6,7 +6,9 @@ r"""Train a teacher (or a student alone) from a recipe, in a run directory.
 
 Rerunning the same command resumes the run directory. The weights to pass
 as --teacher_weights to distill.py are
-runs/<recipe>/checkpoints/{best,last}.weights.h5.
+runs/<recipe>/checkpoints/{best,last}.weights.h5 (and the model is saved as
+runs/<recipe>/student.keras). `--resume_from=<run_dir> --run_dir=<new>`
+continues a run's last state with changed hyper-parameters.
 """
 
 import os
@@ -37,6 +39,11 @@ flags.DEFINE_enum("strategy", "auto", ["auto", "none", "mirrored",
                   "Distribution strategy (keras_semkd.distribute).")
 flags.DEFINE_integer("checkpoint_every", 200, "State every N steps.")
 flags.DEFINE_string("output_dir", "runs", "Run directory root.")
+flags.DEFINE_string("run_dir", None,
+                    "The run directory (default: <output_dir>/<recipe>).")
+flags.DEFINE_string("resume_from", None,
+                    "Start from the last state of another run directory "
+                    "(other hyper-parameters may change); needs --run_dir.")
 flags.DEFINE_integer("verbose", 1, "Keras verbosity.")
 
 
@@ -73,18 +80,25 @@ def main(argv):
         info = data_lib.load_split(recipe.data.dataset, "train",
                                    data_dir=recipe.data.data_dir)[2]
         recipe = recipe.override(num_classes=info.num_classes)
-    run_dir = os.path.join(FLAGS.output_dir, recipe.name)
+    if FLAGS.resume_from and not FLAGS.run_dir:
+        raise app.UsageError(
+            "--resume_from starts a new run: give it its own --run_dir.")
+    run_dir = FLAGS.run_dir or os.path.join(FLAGS.output_dir, recipe.name)
     runner = training.Runner(
         recipe, run_dir, checkpoint_every=FLAGS.checkpoint_every,
-        strategy=distribute.make_strategy(FLAGS.strategy))
-    report = runner.run(verbose=FLAGS.verbose)
-    if not runner.chief:
-        return
-    plotting.plot_training_curves(
-        {recipe.student: os.path.join(run_dir, "history.csv")},
-        os.path.join(run_dir, "curves.png"), title=recipe.name)
-    print(f"{recipe.name}: test top-1 last {report['last']['top1']:.4f}, "
-          f"best {report['best_top1']:.4f}; weights in "
+        strategy=distribute.make_strategy(FLAGS.strategy),
+        resume_from=FLAGS.resume_from)
+    with runner.lock():
+        report = runner.run(verbose=FLAGS.verbose)
+        if not runner.chief:
+            return
+        runner.student.save(os.path.join(run_dir, "student.keras"))
+        plotting.plot_training_curves(
+            {recipe.student: os.path.join(run_dir, "history.csv")},
+            os.path.join(run_dir, "curves.png"), title=recipe.name)
+    print(f"{recipe.name}: top-1 last {report['last']['top1']:.4f}, "
+          f"best {report['best_top1']:.4f} on "
+          f"{report['eval']['description']}; weights in "
           f"{os.path.join(run_dir, 'checkpoints')}")
 
 
