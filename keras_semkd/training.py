@@ -468,7 +468,7 @@ def check_class_names(record, info, what="the data"):
     )
 
 
-# -- the run-directory lock ----------------------------------------------------
+# -- the run-directory lock --------------------------------------------------
 class RunLock:
     """An exclusive, advisory lock on a run directory (`run.lock`).
 

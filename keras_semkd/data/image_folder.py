@@ -220,9 +220,13 @@ def load_image_folder_split(root, split, *, image_size=None,
             f"Image folder {root} does not exist (expected "
             "<root>/train|valid|test/<class_name>/<image files>)."
         )
-    folder = find_split_folder(root, split)
+    flat = not has_split_folders(root)
+    # A flat <root>/<class>/ folder is a train split only: a class folder
+    # that happens to be named "test" or "val" is not a split.
+    folder = None if flat and split != "train" else find_split_folder(
+        root, split)
     if folder is None:
-        if split == "train" and not has_split_folders(root):
+        if split == "train" and flat:
             folder = root
         else:
             hint = (" A validation split must be held out from training: "

@@ -128,3 +128,13 @@ def test_validation_is_held_out_and_named_as_carved(folder, fake_cifar):
     _, _, test = kd_data.load_split("image_folder", "test", data_dir=folder,
                                     validation_split=0.5)
     assert not test.carved and test.split_seed is None
+
+
+def test_a_class_named_like_a_split_is_not_a_split(tmp_path):
+    root = write_png_folder(tmp_path / "flat", ("cat", "test"), 2,
+                            splits=("",), size=8)
+    _, labels, info = kd_data.load_split("image_folder", "train",
+                                         data_dir=root)
+    assert info.class_names == ("cat", "test") and len(labels) == 4
+    with pytest.raises(FileNotFoundError, match="no folder for split"):
+        kd_data.load_split("image_folder", "test", data_dir=root)
