@@ -46,3 +46,33 @@ def test_shipped_teacher_is_trained():
     documented = float(_documented("top-1").rstrip(" %")) / 100
     assert abs(float(metric.result()) - documented) < 0.04
     assert np.isfinite(model.get_weights()[0]).all()
+
+
+def _protocol_teachers():
+    import json
+
+    path = os.path.join(ROOT, "results", "sakd_teachers", "teachers.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.mark.parametrize("record", _protocol_teachers(),
+                         ids=lambda r: r["teacher"])
+def test_sakd_protocol_teacher_matches_its_record(record):
+    """The SAKD-protocol teachers (weights/sakd_protocol/) have the md5 of
+    their result line and score its test top-1 on a test slice."""
+    path = os.path.join(ROOT, record["weights"])
+    with open(path, "rb") as f:
+        assert hashlib.md5(f.read()).hexdigest() == record["md5"]
+    assert record["epochs"] >= 30
+    if data_lib.default_cifar100_dir() is None:
+        pytest.skip("no local CIFAR-100 copy (../shared/data)")
+    model = models.get(record["teacher"], num_classes=100)
+    model.load_weights(path)
+    ds, _ = data_lib.get_dataset("cifar100", "test", 250)
+    metric = keras.metrics.SparseCategoricalAccuracy()
+    for x, y in ds.take(8):
+        metric.update_state(y, model(x, training=False)["logits"])
+    assert abs(100 * float(metric.result()) - record["test_top1"]) < 4.0
