@@ -118,6 +118,14 @@ _TWIN = {"semantic": "separate", "head_scope": "per_stage",
          "semantic_ce_weight": 0.5, "semantic_kd_weight": 0.5}
 
 
+#: The branch only as a semantic weight: per-stage teacher branches
+#: (prefitted, frozen) weight each example's alignment by their confidence
+#: in the true class; no branch term reaches the student.
+_CONF = {"semantic": "teacher", "head_scope": "per_stage",
+         "head_input": "pooled", "pool_grid": 4, "prefit_steps": 1000,
+         "warmup_epochs": 0, "confidence_weighting": True}
+
+
 def sakd_arm(sakd_kwargs, sakd_weight=1.0, with_kd=True):
     """`(student loss weight, terms)`: CE 0.1 + KD 0.9 + SAKD, with the
     SAKD arguments `SAKD_V1` updated by `sakd_kwargs`."""
@@ -186,6 +194,14 @@ SCREENING_ARMS = {
     "twin": sakd_arm({**_NATIVE, **_TWIN}),
     "twin_noconf": sakd_arm({**_NATIVE, **_TWIN,
                              "confidence_weighting": False}),
+    # Round 2 (after round 1: alignment at the native grid is the strongest
+    # part; branch terms on the student cost accuracy).
+    "align_native_a2": sakd_arm({**_NATIVE, "semantic": "none",
+                                 "alignment_weight": 2.0}),
+    "conf": sakd_arm({**_NATIVE, **_CONF}),
+    "conf_a2": sakd_arm({**_NATIVE, **_CONF, "alignment_weight": 2.0}),
+    "twin_light": sakd_arm({**_NATIVE, **_TWIN, "semantic_ce_weight": 0.1,
+                            "semantic_kd_weight": 0.1}),
 }
 
 #: The arm every confirmation comparison is made for (SAKD − baseline).

@@ -26,7 +26,7 @@ from keras_semkd.losses.base import register_loss
 from keras_semkd.losses.kd import kd_loss
 
 ALIGNMENTS = ("kl", "mse", "cosine")
-SEMANTICS = ("shared", "separate", "none")
+SEMANTICS = ("shared", "separate", "teacher", "none")
 HEAD_SCOPES = ("joint", "per_stage")
 HEAD_INPUTS = ("uniformized", "pooled")
 
@@ -203,7 +203,9 @@ class SAKDLoss(DistillationLoss):
         max_grid: cap of `"smaller"` grids (default 8).
         alignment: `D`: `"kl"` (rows of attention), `"mse"` or `"cosine"`.
         alignment_weight: `α`; 0 disables the term.
-        semantic: `"shared"`, `"separate"` or `"none"`.
+        semantic: `"shared"`, `"separate"`, `"teacher"` (teacher branches
+            only: they guide the student through `confidence_weighting`
+            alone, with no branch terms on the student) or `"none"`.
         head_scope: `"joint"` or `"per_stage"`.
         head_input: `"uniformized"` or `"pooled"`.
         pool_grid: grid the stage maps are pooled to for
@@ -357,6 +359,16 @@ class SAKDLoss(DistillationLoss):
             )
         self.prefit_learning_rate = prefit_learning_rate
         self.confidence_weighting = bool(confidence_weighting)
+        if self.semantic == "teacher" and not (
+                self.prefit_steps and self.confidence_weighting):
+            raise ValueError(
+                "semantic='teacher' keeps only the teacher branches, which "
+                "guide the student through the confidence weighting of the "
+                "alignment: it needs prefit_steps > 0 and "
+                "confidence_weighting=True. Received: "
+                f"prefit_steps={prefit_steps!r}, "
+                f"confidence_weighting={confidence_weighting!r}"
+            )
         if self.confidence_weighting and not (
                 self.prefit_steps and self.semantic != "none"):
             raise ValueError(
@@ -627,18 +639,21 @@ class SAKDLoss(DistillationLoss):
                     head_terms.append(ops.sparse_categorical_crossentropy(
                         labels, t_logits, from_logits=True
                     ))
-                if self.semantic == "shared":
+                if self.semantic == "teacher":
+                    s_logits = None
+                elif self.semantic == "shared":
                     # Frozen branches are non-trainable already; co-trained
                     # ones must not be pulled toward the student.
                     s_logits = head(in_s, detach_weights=True)
                 else:
                     s_logits = self.student_heads[i](in_s)
-                guide_terms.append(semantic_guidance(
-                    ops.stop_gradient(t_logits), s_logits, labels,
-                    temperature=self.head_temperature,
-                    ce_weight=self.semantic_ce_weight,
-                    kd_weight=self.semantic_kd_weight,
-                ))
+                if s_logits is not None:
+                    guide_terms.append(semantic_guidance(
+                        ops.stop_gradient(t_logits), s_logits, labels,
+                        temperature=self.head_temperature,
+                        ce_weight=self.semantic_ce_weight,
+                        kd_weight=self.semantic_kd_weight,
+                    ))
                 if self.confidence_weighting:
                     probs = ops.softmax(ops.stop_gradient(t_logits), axis=-1)
                     p_true = ops.take_along_axis(
@@ -650,7 +665,8 @@ class SAKDLoss(DistillationLoss):
                 terms["head"] = self.head_weight * ops.mean(
                     ops.stack(head_terms, axis=0), axis=0
                 )
-            if self.semantic_ce_weight or self.semantic_kd_weight:
+            if guide_terms and (self.semantic_ce_weight
+                                or self.semantic_kd_weight):
                 guidance = ops.mean(ops.stack(guide_terms, axis=0), axis=0)
                 if self.warmup_epochs > 0:
                     ramp = ops.minimum(

@@ -176,3 +176,23 @@ def test_fit_prefits_once_then_keeps_branches_frozen(variant, tmp_path):
     assert clone.is_prefitted()
     for a, b in zip(term.weights, clone.weights):
         np.testing.assert_array_equal(np.array(a), np.array(b))
+
+
+def test_teacher_only_branches_weight_the_alignment_only():
+    conf = dict(TWIN, semantic="teacher", confidence_weighting=True)
+    loss = build(**conf)
+    assert loss.heads and not loss.student_heads
+    assert loss.trainable_variables == []
+    teacher, student = features(T_SHAPES, 7), features(S_SHAPES, 8)
+    terms = loss.compute_terms(teacher, student, labels=LABELS)
+    assert set(terms) == {"alignment"}
+    twin = build(**dict(conf, semantic="separate"))
+    for src, dst in zip(loss.heads, twin.heads):
+        dst.set_weights(src.get_weights())
+    np.testing.assert_allclose(
+        np.asarray(terms["alignment"]),
+        np.asarray(twin.compute_terms(teacher, student,
+                                      labels=LABELS)["alignment"]),
+        rtol=1e-6)
+    with pytest.raises(ValueError, match="semantic='teacher'"):
+        SAKDLoss(semantic="teacher", prefit_steps=10)
