@@ -17,9 +17,19 @@ exactly equivalent — TensorFlow backend, 4-D channels-last float32/16
 input, no mask, no renorm, not synchronized — and defers to Keras everywhere else (JAX,
 masks, other ranks). Like Keras it computes in float32 under mixed
 precision and casts the output to the layer's compute dtype.
+
+Saved models load in plain Keras. The layer serializes as Keras' own
+`keras.layers.BatchNormalization` (same config, `fused` left out: it is an
+execution choice, not part of the model), so a `.keras` file of a zoo model
+or of a student trained here loads with `keras.saving.load_model` without
+importing `keras_semkd`, and gives the same outputs (it then runs Keras'
+unfused implementation). Files written before this change, which name
+`keras_semkd>BatchNormalization`, still load when `keras_semkd.models` is
+imported.
 """
 
 import keras
+from keras.src import api_export
 
 
 @keras.saving.register_keras_serializable(package="keras_semkd")
@@ -29,7 +39,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
     Args:
         fused: `True` (default) takes the fused kernel on the TensorFlow
             backend when the input allows it (see the module docstring);
-            `False` always runs Keras' implementation.
+            `False` always runs Keras' implementation. Not part of the
+            config: the layer saves as Keras' own (module docstring).
         **kwargs: `keras.layers.BatchNormalization` arguments.
     """
 
@@ -85,7 +96,24 @@ class BatchNormalization(keras.layers.BatchNormalization):
             )
         return tf.cast(y, self.compute_dtype)
 
-    def get_config(self):
-        config = super().get_config()
-        config["fused"] = self.fused
-        return config
+
+def _serialize_as_keras_batch_norm(cls):
+    """Makes Keras serialize `cls` under the public name
+    `keras.layers.BatchNormalization` (module `keras.layers`, no registered
+    name), which every Keras installation resolves to its own class.
+
+    Keras looks the public name of a class up in
+    `keras.src.api_export.REGISTERED_OBJS_TO_NAMES` (object -> name) before
+    falling back to the registered custom name; only that direction is
+    added, so deserializing `keras.layers.BatchNormalization` still gives
+    Keras' class. `tests/models/test_batch_norm.py` checks the saved config
+    and a load in a process that never imports keras_semkd, so a Keras
+    version that changes this lookup fails there, not in a user's hands.
+    """
+    names = getattr(api_export, "REGISTERED_OBJS_TO_NAMES", None)
+    if names is not None:
+        names[cls] = "keras.layers.BatchNormalization"
+    return cls
+
+
+_serialize_as_keras_batch_norm(BatchNormalization)

@@ -116,8 +116,15 @@ def test_falls_back_to_keras_for_other_ranks_and_masks():
 
 def test_config_round_trip_and_weight_files_interchange(tmp_path):
     layer = BatchNormalization(fused=False, momentum=0.8, epsilon=1e-4)
+    # Keras' own config: `fused` is an execution choice, not saved.
+    assert layer.get_config() == keras.layers.BatchNormalization(
+        momentum=0.8, epsilon=1e-4, name=layer.name).get_config()
     clone = BatchNormalization.from_config(layer.get_config())
-    assert (clone.fused, clone.momentum, clone.epsilon) == (False, 0.8, 1e-4)
+    assert (clone.fused, clone.momentum, clone.epsilon) == (True, 0.8, 1e-4)
+    # Configs saved before `fused` left the config still load.
+    old = BatchNormalization.from_config(dict(layer.get_config(),
+                                              fused=False))
+    assert old.fused is False
 
     def net(bn_class):
         inputs = keras.Input((4, 4, 3))
@@ -147,3 +154,60 @@ def test_zoo_models_use_it_and_round_trip(tmp_path):
         .astype("float32")
     np.testing.assert_allclose(loaded(x)["logits"], model(x)["logits"],
                                atol=1e-5)
+
+
+def test_saves_as_keras_batch_norm():
+    config = keras.saving.serialize_keras_object(BatchNormalization())
+    assert config["module"] == "keras.layers"
+    assert config["class_name"] == "BatchNormalization"
+    assert config["registered_name"] is None
+    # Only serialization is redirected: Keras' name still means Keras' class.
+    plain = keras.saving.deserialize_keras_object(config)
+    assert type(plain) is keras.layers.BatchNormalization
+
+
+def test_zoo_model_file_loads_in_plain_keras(tmp_path):
+    """A saved zoo model loads in a process that never imports keras_semkd
+    (it used to fail: "Could not locate class 'BatchNormalization'")."""
+    import subprocess
+    import sys
+
+    model = models.get("resnet8", num_classes=10)
+    x = np.random.default_rng(8).standard_normal((2, 32, 32, 3)) \
+        .astype("float32")
+    path = tmp_path / "resnet8.keras"
+    model.save(str(path))
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "want.npy",
+            keras.ops.convert_to_numpy(model(x)["logits"]))
+    code = f"""
+import sys
+import keras
+import numpy as np
+m = keras.saving.load_model({str(path)!r})
+assert not any(k.startswith("keras_semkd") for k in sys.modules), "imported"
+x = np.load({str(tmp_path / "x.npy")!r})
+got = keras.ops.convert_to_numpy(m(x)["logits"])
+np.testing.assert_allclose(got, np.load({str(tmp_path / "want.npy")!r}),
+                           atol=1e-5)
+bns = [l for l in m.layers if isinstance(l, keras.layers.BatchNormalization)]
+assert bns and all(type(l) is keras.layers.BatchNormalization for l in bns)
+print("ok", type(bns[0]).__module__)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          text=True, timeout=300, cwd=str(tmp_path),
+                          env=_env_without_project())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ok keras." in proc.stdout
+
+
+def _env_without_project():
+    """The environment of a fresh process that cannot import keras_semkd
+    from the source tree (the editable install still could: the test
+    checks `sys.modules` instead)."""
+    import os
+
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    return env
