@@ -15,52 +15,8 @@ import keras
 from keras_semkd import losses as losses_lib
 from keras_semkd import models as zoo
 from keras_semkd.configs import experiment
+from keras_semkd.distillers import selectors
 from keras_semkd.distillers.distiller import Distiller
-
-
-def _stage_keys(model, preact=False):
-    keys = zoo.feature_keys(model, preact=preact)
-    if not keys:
-        raise ValueError(f"Model {model.name!r} has no stage features.")
-    return list(keys)
-
-
-def _select(selector, model):
-    """Returns the list of output keys a selector stands for."""
-    outputs = set(model.output)
-    if selector == "@stages":
-        return _stage_keys(model)
-    if selector == "@stages_preact":
-        return _stage_keys(model, preact=True)
-    if selector == "@last_stage":
-        return _stage_keys(model)[-1:]
-    if selector == "@last_stage_preact":
-        return _stage_keys(model, preact=True)[-1:]
-    if selector == "@hint":
-        stages = _stage_keys(model)
-        # RepDistiller's hint_layer=2 is feat[2] = the second stage map.
-        return [stages[1] if len(stages) > 1 else stages[0]]
-    if selector.startswith("@"):
-        raise ValueError(
-            f"Unknown feature selector {selector!r}. Known selectors: "
-            f"{', '.join(experiment.SELECTORS)}"
-        )
-    if selector not in outputs:
-        raise ValueError(
-            f"Model {model.name!r} has no output {selector!r}. Available "
-            f"outputs: {sorted(outputs)}"
-        )
-    return [selector]
-
-
-def _resolve_keys(spec, model):
-    if spec is None:
-        return None
-    items = [spec] if isinstance(spec, str) else list(spec)
-    keys = []
-    for item in items:
-        keys.extend(_select(item, model))
-    return keys
 
 
 def _accepts(name, arg):
@@ -99,16 +55,7 @@ def resolve_terms(terms, teacher, student, weight_decay=None,
                     "set: give num_data (or build with num_train_examples)."
                 )
             term["num_data"] = int(num_train_examples)
-        t = _resolve_keys(term.get("teacher_keys"), teacher)
-        s = _resolve_keys(term.get("student_keys", term.get("teacher_keys")),
-                          student)
-        if t is not None:
-            if s is not None and len(t) != len(s):
-                n = min(len(t), len(s))
-                t, s = t[:n], s[:n]
-            term["teacher_keys"] = t
-            term["student_keys"] = s
-        resolved.append(term)
+        resolved.append(selectors.resolve_term(term, teacher, student))
     return resolved
 
 

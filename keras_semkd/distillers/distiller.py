@@ -25,38 +25,17 @@ from keras import tree
 from keras.src.losses.loss import scale_loss_for_distribution
 from keras.src.trainers.data_adapters import data_adapter_utils
 
+from keras_semkd.distillers import selectors
+from keras_semkd.distillers import taps
 from keras_semkd.losses import base as losses_base
 
 
-def _output_shapes(model, role):
-    """Returns {key: shape} of a model whose output is a dict."""
+def _check_model(model, role):
     if not isinstance(model, keras.Model):
         raise TypeError(
             f"The {role} must be a keras.Model. "
             f"Received: {role}={model!r} of type {type(model).__name__}"
         )
-    try:
-        outputs = model.output
-    except (AttributeError, ValueError):
-        outputs = None
-    if outputs is None:
-        try:
-            spec = keras.KerasTensor((None,) + tuple(model.input_shape[1:]))
-            outputs = model.compute_output_spec(spec)
-        except Exception as e:  # noqa: BLE001 - re-raised with context
-            raise ValueError(
-                f"Could not infer the outputs of the {role} "
-                f"{model.name!r}: build it (or use a functional model) "
-                f"first. Underlying error: {e}"
-            ) from e
-    if not isinstance(outputs, dict):
-        raise ValueError(
-            f"The {role} must return a dict of named outputs (logits and "
-            f"stage features), e.g. a model from keras_semkd.models.get(). "
-            f"Received: {role} {model.name!r} with output "
-            f"{tree.map_structure(lambda t: t.shape, outputs)}"
-        )
-    return {k: tuple(v.shape) for k, v in outputs.items()}
 
 
 def _student_loss_fn(loss):
@@ -94,8 +73,13 @@ class _EpochToLosses(keras.callbacks.Callback):
 class Distiller(keras.Model):
     """Distills a frozen teacher into a student.
 
-    Both models return a dict of named outputs: `"logits"` plus stage
-    features (`"stage1"`, ...), as built by `keras_semkd.models.get`.
+    Any Keras models: functional (`keras.applications`, keras-hub),
+    `keras.Sequential` or subclassed, returning logits or a dict of named
+    outputs (the model zoo's `"logits"`, `"stage1"`, ...). The terms read
+    named outputs; a model that does not return them is read through a
+    *tapped view* (`keras_semkd.distillers.taps`) built once here: its
+    logits (the pre-softmax tensor when the model ends in a softmax) plus
+    the features declared in `features`, all from one forward pass.
 
     Args:
         teacher: trained `keras.Model`; frozen (`trainable = False`) and always
@@ -106,9 +90,21 @@ class Distiller(keras.Model):
             - a list of `{"name": "kd", "weight": 0.9, **loss_kwargs}`,
             - a list of `(loss, weight)` with `loss` a name, config dict or
               `DistillationLoss` instance.
+            Keys may be selectors (`"@stages"`, `"@hint"`, ...), resolved
+            against the outputs of the two (tapped) models.
         student_loss_weight: weight `w_s` of the student's own loss
             (RepDistiller's gamma).
         logits_key: the output key holding the logits in both models.
+        features: the features to tap, by layer name: `None` (the models'
+            own outputs), `"auto"` (both models: `"stage1"` ... `"stageN"`,
+            the last layer of each spatial resolution, and `"embedding"`,
+            the classifier's pooled input), or
+            `{"teacher": spec, "student": spec}` with each spec `None`,
+            `"auto"` or `{key: layer name}` (a layer of a nested backbone
+            by its name or its path `"backbone/layer"`). The resolved layer
+            paths are logged and kept in `get_config()["features"]`.
+        input_shape: `(H, W, C)`, needed only when neither model knows its
+            input shape (unbuilt Sequential or subclassed models).
         **kwargs: `keras.Model` arguments (`name`, ...).
 
     `compile()` keeps Keras' signature; its `loss` is the student loss on
@@ -117,6 +113,10 @@ class Distiller(keras.Model):
 
     Logged keys: `loss` (the full objective), `student_loss`,
     `distill/<term name>` for every term, and the compiled metrics.
+
+    `teacher` and `student` stay the models given (save `distiller.student`
+    to keep the trained student); `teacher_view` / `student_view` are what
+    the steps run.
     """
 
     def __init__(
@@ -126,22 +126,45 @@ class Distiller(keras.Model):
         distillation_losses=None,
         student_loss_weight=1.0,
         logits_key="logits",
+        features=None,
+        input_shape=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.logits_key = logits_key
         self.student_loss_weight = float(student_loss_weight)
-        teacher_shapes = _output_shapes(teacher, "teacher")
-        student_shapes = _output_shapes(student, "student")
-        for role, shapes in (
-            ("teacher", teacher_shapes),
-            ("student", student_shapes),
-        ):
-            if logits_key not in shapes:
-                raise ValueError(
-                    f"The {role} has no {logits_key!r} output. Available "
-                    f"outputs: {sorted(shapes)}"
-                )
+        _check_model(teacher, "teacher")
+        _check_model(student, "student")
+        t_spec, s_spec = taps.split_features(features)
+        t_in = taps.known_input_shape(teacher)
+        s_in = taps.known_input_shape(student)
+        if t_in is not None and s_in is not None and t_in != s_in:
+            raise ValueError(
+                "Teacher and student must take the same input shape. "
+                f"Received: teacher input {t_in}, student input {s_in}."
+            )
+        if input_shape is not None:
+            input_shape = tuple(int(d) for d in input_shape)
+            for role, shape in (("teacher", t_in), ("student", s_in)):
+                if shape is not None and shape != input_shape:
+                    raise ValueError(
+                        f"input_shape={input_shape} differs from the "
+                        f"{role}'s input shape {shape}.")
+        shape = input_shape or t_in or s_in
+        self.input_shape_arg = input_shape
+        # The views share the models' layers (and so their weights); they
+        # are not tracked as sub-models, so saving sees only `teacher`,
+        # `student` and the terms.
+        t_view = taps.tapped_view(teacher, t_spec, role="teacher",
+                                  logits_key=logits_key, input_shape=shape)
+        s_view = taps.tapped_view(student, s_spec, role="student",
+                                  logits_key=logits_key, input_shape=shape)
+        object.__setattr__(self, "_views", {"teacher": t_view,
+                                            "student": s_view})
+        self.features = {"teacher": t_view.features,
+                         "student": s_view.features}
+        teacher_shapes = t_view.output_shapes
+        student_shapes = s_view.output_shapes
         t_classes = teacher_shapes[logits_key][-1]
         s_classes = student_shapes[logits_key][-1]
         if t_classes != s_classes:
@@ -152,20 +175,14 @@ class Distiller(keras.Model):
                 f"{s_classes}."
             )
         self.num_classes = int(s_classes)
-        t_in = tuple(teacher.input_shape[1:])
-        s_in = tuple(student.input_shape[1:])
-        if t_in != s_in:
-            raise ValueError(
-                "Teacher and student must take the same input shape. "
-                f"Received: teacher input {t_in}, student input {s_in}."
-            )
-        self.input_spec_shape = s_in
+        self.input_spec_shape = tuple(t_view.model.input_shape[1:])
 
         self.teacher = teacher
         self.teacher.trainable = False
         self.student = student
 
-        terms, weights = self._parse_terms(distillation_losses)
+        terms, weights = self._parse_terms(
+            distillation_losses, t_view.model, s_view.model)
         used = set()
         for term in terms:
             term.check_specs(teacher_shapes, student_shapes)
@@ -189,9 +206,21 @@ class Distiller(keras.Model):
         self._student_loss, self._student_loss_call = _student_loss_fn(None)
         self.built = True
 
+    @property
+    def teacher_view(self):
+        """The teacher as the steps run it: a model with dict outputs
+        (the teacher itself when it returns them)."""
+        return self._views["teacher"].model
+
+    @property
+    def student_view(self):
+        """The student as the steps run it (shares the student's
+        layers)."""
+        return self._views["student"].model
+
     # -- declaration -------------------------------------------------------
     @staticmethod
-    def _parse_terms(spec):
+    def _parse_terms(spec, teacher=None, student=None):
         if spec is None:
             return [], []
         items = []
@@ -226,6 +255,11 @@ class Distiller(keras.Model):
             )
         terms, weights = [], []
         for loss, weight in items:
+            if (isinstance(loss, dict) and "class_name" not in loss
+                    and teacher is not None
+                    and any(selectors.has_selector(loss.get(k))
+                            for k in ("teacher_keys", "student_keys"))):
+                loss = selectors.resolve_term(loss, teacher, student)
             if isinstance(loss, dict) and "class_name" in loss:
                 term = keras.saving.deserialize_keras_object(loss)
             else:
@@ -379,10 +413,10 @@ class Distiller(keras.Model):
         import tensorflow as tf
 
         x, y, sw = data_adapter_utils.unpack_x_y_sample_weight(data)
-        teacher_out = self.teacher(x, training=False)
+        teacher_out = self.teacher_view(x, training=False)
         teacher_out = tree.map_structure(tf.stop_gradient, teacher_out)
         with tf.GradientTape() as tape:
-            student_out = self.student(x, training=True)
+            student_out = self.student_view(x, training=True)
             loss, values = self.compute_distillation_loss(
                 teacher_out, student_out, y, sw, training=True
             )
@@ -398,8 +432,8 @@ class Distiller(keras.Model):
 
     def _tf_test_step(self, data):
         x, y, sw = data_adapter_utils.unpack_x_y_sample_weight(data)
-        teacher_out = self.teacher(x, training=False)
-        student_out = self.student(x, training=False)
+        teacher_out = self.teacher_view(x, training=False)
+        student_out = self.student_view(x, training=False)
         loss, values = self.compute_distillation_loss(
             teacher_out, student_out, y, sw, training=False
         )
@@ -412,7 +446,7 @@ class Distiller(keras.Model):
 
         mapping = list(zip(self.non_trainable_variables, non_trainable))
         with keras.StatelessScope(state_mapping=mapping):
-            out = self.teacher(x, training=False)
+            out = self.teacher_view(x, training=False)
         return jax.tree_util.tree_map(jax.lax.stop_gradient, out)
 
     def _jax_loss(self, trainable, non_trainable, teacher_out, x, y, sw,
@@ -420,7 +454,7 @@ class Distiller(keras.Model):
         mapping = list(zip(self.trainable_variables, trainable))
         mapping.extend(zip(self.non_trainable_variables, non_trainable))
         with keras.StatelessScope(state_mapping=mapping) as scope:
-            student_out = self.student(x, training=training)
+            student_out = self.student_view(x, training=training)
             loss, values = self.compute_distillation_loss(
                 teacher_out, student_out, y, sw, training=training
             )
@@ -577,10 +611,10 @@ class Distiller(keras.Model):
         for term in self.distillation_terms:
             if strategy is not None:
                 with strategy.scope():
-                    term.prefit(self.teacher, x, y, batch_size=batch_size,
-                                verbose=verbose)
+                    term.prefit(self.teacher_view, x, y,
+                                batch_size=batch_size, verbose=verbose)
             else:
-                term.prefit(self.teacher, x, y, batch_size=batch_size,
+                term.prefit(self.teacher_view, x, y, batch_size=batch_size,
                             verbose=verbose)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
@@ -605,6 +639,12 @@ class Distiller(keras.Model):
             "student_loss_weight": self.student_loss_weight,
             "logits_key": self.logits_key,
         }
+        # The resolved taps (layer paths, "auto" already chosen), so a
+        # reload taps the same layers.
+        if any(v is not None for v in self.features.values()):
+            config["features"] = dict(self.features)
+        if self.input_shape_arg is not None:
+            config["input_shape"] = list(self.input_shape_arg)
         return config
 
     @classmethod

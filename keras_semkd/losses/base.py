@@ -148,7 +148,9 @@ class DistillationLoss(keras.layers.Layer):
                     f"Loss {self.name!r} ({type(self).__name__}) reads "
                     f"{side} output(s) {missing}, which the {side} model "
                     f"does not have. Available {side} outputs: "
-                    f"{sorted(shapes)}"
+                    f"{sorted(shapes)}. (With your own models, tap "
+                    "features by layer name or with features='auto': "
+                    "Distiller(..., features=...).)"
                 )
 
     def build_from_specs(self, teacher_shapes, student_shapes):

@@ -167,13 +167,21 @@ def test_missing_feature_tap_lists_available_outputs():
         ])
 
 
-def test_non_dict_model_is_rejected():
+def test_single_output_model_is_read_as_logits():
     inputs = keras.Input((8, 8, 3))
     plain = keras.Model(
         inputs, keras.layers.Dense(5)(keras.layers.Flatten()(inputs))
     )
-    with pytest.raises(ValueError, match="dict of named outputs"):
-        Distiller(plain, tiny_model("s"), {"kd": 1.0})
+    d = Distiller(plain, tiny_model("s"), {"kd": 1.0})
+    assert sorted(d.teacher_view.output) == ["logits"]
+    x, _ = tiny_batch(4)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(d.teacher_view(x)["logits"]),
+        keras.ops.convert_to_numpy(plain(x)), atol=1e-6)
+    # Features it does not have are named in the error, with the way out.
+    with pytest.raises(ValueError, match=r"stage1.*Available teacher "
+                                         r"outputs: \['logits'\]"):
+        Distiller(plain, tiny_model("s"), {"at": 1.0})
 
 
 def test_input_shape_mismatch_between_models():
