@@ -3,8 +3,13 @@ r"""Distill a teacher into a student from a named recipe.
 The main job of the README: with no flags it runs the `cpu_smoke` recipe
 (resnet20 -> resnet8 with KD, a short schedule) on the CIFAR-100 copy in
 `../shared/data`, or, when there is none, on a small generated dataset (and
-says so). Without `--teacher_weights` the teacher is first trained for
-`--teacher_epochs` on the same data, so the job runs on a fresh machine.
+says so), then trains the same student alone on the same budget (seed,
+data, epochs, optimizer) and prints the two next to the teacher, as a small
+table also saved as `comparison.json` / `comparison.md` in the run
+directory (`--nocompare` skips the student-alone run). Without
+`--teacher_weights` the teacher is the shipped one (weights/README.md) or
+is first trained for `--teacher_epochs` on the same data, so the job runs
+on a fresh machine.
 
 Examples:
 
@@ -21,6 +26,7 @@ NaN, with a lower learning rate) in a new run directory:
         --resume_from=runs/cpu_smoke --run_dir=runs/cpu_smoke-lr0.01
 """
 
+import dataclasses
 import json
 import os
 import sys
@@ -84,6 +90,12 @@ flags.DEFINE_enum("strategy", "auto", ["auto", "none", "mirrored",
                   "Distribution strategy (keras_semkd.distribute): auto = "
                   "MirroredStrategy over all visible GPUs, else none.")
 flags.DEFINE_integer("verbose", 1, "Keras verbosity (0, 1 bar, 2 lines).")
+flags.DEFINE_bool("compare", True,
+                  "Also train the student alone on the same budget and "
+                  "print it next to the distilled student.")
+flags.DEFINE_list("image_size", None,
+                  "Resize images on load to H,W (or one N): image folders "
+                  "of any size; sets data.image_size.")
 
 
 def _parse_value(text):
@@ -119,8 +131,25 @@ def resolve_recipe():
         value = getattr(FLAGS, flag)
         if value is not None:
             changes[key] = value
+    if FLAGS.image_size:
+        changes["data.image_size"] = parse_image_size(FLAGS.image_size)
     recipe = recipe.override(**changes) if changes else recipe
     return _with_available_data(recipe)
+
+
+def parse_image_size(values):
+    """`["64"]` -> `[64, 64]`, `["64", "48"]` -> `[64, 48]`."""
+    try:
+        size = [int(v) for v in values]
+    except ValueError:
+        size = []
+    if len(size) == 1:
+        size = size * 2
+    if len(size) != 2 or min(size) < 1:
+        raise app.UsageError(
+            f"--image_size takes H,W or N (positive integers). Received: "
+            f"{','.join(values)!r}")
+    return size
 
 
 def _with_available_data(recipe):
@@ -142,8 +171,9 @@ def _with_available_data(recipe):
         changes.update({"data.dataset": dataset, "data.limit_train": None,
                         "data.limit_eval": None})
     if dataset != "cifar100":
-        info = data_lib.load_split(dataset, "train",
-                                   data_dir=recipe.data.data_dir)[2]
+        data = recipe.override(**changes).data if changes else recipe.data
+        info = data_lib.load_split(dataset, "train", data_dir=data.data_dir,
+                                   **data.loader_kwargs())[2]
         changes["num_classes"] = info.num_classes
     return recipe.override(**changes) if changes else recipe
 
@@ -174,6 +204,7 @@ def main(argv):
 
     recipe = resolve_recipe()
     teacher_top1 = None
+    teacher_kind = "teacher (given weights)"
     run_dir = FLAGS.run_dir or os.path.join(FLAGS.output_dir, recipe.name)
     if FLAGS.resume_from and not FLAGS.run_dir:
         raise app.UsageError(
@@ -196,14 +227,16 @@ def main(argv):
                      "%s (weights/README.md).", recipe.teacher, shipped)
         print(f"teacher {recipe.teacher}: shipped weights {shipped}")
         recipe = recipe.override(teacher_weights=shipped)
+        teacher_kind = "teacher (shipped weights)"
     quick_teacher = recipe.teacher and not recipe.teacher_weights
     if quick_teacher:
         recipe = recipe.override(teacher_weights=teacher_path)
+        teacher_kind = f"teacher (quick, {FLAGS.teacher_epochs} epoch(s))"
+    strategy = distribute.make_strategy(FLAGS.strategy)
     # Checks the directory (lock, config) before anything is trained.
     runner = training.Runner(
         recipe, run_dir, checkpoint_every=FLAGS.checkpoint_every,
-        strategy=distribute.make_strategy(FLAGS.strategy),
-        resume_from=FLAGS.resume_from)
+        strategy=strategy, resume_from=FLAGS.resume_from)
     with runner.lock():
         if quick_teacher and not os.path.exists(teacher_path):
             teacher_recipe = configs.Recipe(
@@ -230,18 +263,111 @@ def main(argv):
         report = runner.run(verbose=FLAGS.verbose)
         if runner.chief:
             runner.student.save(os.path.join(run_dir, "student.keras"))
+        data_note = (" (GENERATED data, not CIFAR-100)"
+                     if report["data"].get("is_generated") else "")
+        print(f"{recipe.name}: student {recipe.student} top-1 "
+              f"last {report['last']['top1']:.4f}, best "
+              f"{report['best_top1']:.4f}, top-5 "
+              f"{report['last']['top5']:.4f} after {report['epochs_done']} "
+              f"epoch(s){data_note}, on {report['eval']['description']}")
+        curves = {f"{recipe.student} distilled":
+                  os.path.join(run_dir, "history.csv")}
+        alone_report = None
+        if FLAGS.compare and recipe.teacher:
+            alone_dir = os.path.join(run_dir, "student_alone")
+            logging.info("The same student alone, same budget: %s",
+                         alone_dir)
+            alone_report = training.Runner(
+                student_alone(recipe), alone_dir,
+                checkpoint_every=FLAGS.checkpoint_every,
+                strategy=strategy).run(verbose=FLAGS.verbose)
+            curves[f"{recipe.student} alone"] = os.path.join(
+                alone_dir, "history.csv")
+        if runner.chief:
             plotting.plot_training_curves(
-                {recipe.student: os.path.join(run_dir, "history.csv")},
-                os.path.join(run_dir, "curves.png"), title=recipe.name,
-                teacher_top1=teacher_top1)
-    data_note = (" (GENERATED data, not CIFAR-100)"
-                 if report["data"].get("is_generated") else "")
-    print(f"{recipe.name}: student {recipe.student} top-1 "
-          f"last {report['last']['top1']:.4f}, best "
-          f"{report['best_top1']:.4f}, top-5 {report['last']['top5']:.4f} "
-          f"after {report['epochs_done']} epoch(s){data_note}, on "
-          f"{report['eval']['description']}")
+                curves, os.path.join(run_dir, "curves.png"),
+                title=recipe.name, teacher_top1=teacher_top1)
+        if alone_report is not None:
+            if teacher_top1 is None:
+                from keras_semkd import evaluation
+
+                teacher_top1 = evaluation.evaluate(
+                    runner.model.teacher, runner.eval_ds, verbose=0)["top1"]
+            rows = comparison_rows(recipe, report, alone_report,
+                                   teacher_top1, teacher_kind)
+            table = comparison_table(rows, recipe, report)
+            if runner.chief:
+                with open(os.path.join(run_dir, "comparison.json"), "w",
+                          encoding="utf-8") as f:
+                    json.dump({"recipe": recipe.name, "rows": rows,
+                               "gain_top1_points":
+                                   rows[-1]["gain_top1_points"],
+                               "eval": report["eval"],
+                               "data": report["data"]}, f, indent=2,
+                              default=str)
+                with open(os.path.join(run_dir, "comparison.md"), "w",
+                          encoding="utf-8") as f:
+                    f.write(table + "\n")
+            print(table)
     print(f"run directory: {run_dir}")
+
+
+def student_alone(recipe):
+    """The recipe's student trained alone: same seed, data, epochs and
+    optimizer, no teacher, plain cross-entropy."""
+    return dataclasses.replace(
+        recipe, name=f"{recipe.name}-student_alone", teacher=None, terms=(),
+        student_loss_weight=1.0, teacher_weights=None)
+
+
+def _minutes(report):
+    return sum(r.get("seconds", 0.0) for r in report["history"]) / 60.0
+
+
+def comparison_rows(recipe, distilled, alone, teacher_top1,
+                    teacher_kind="teacher"):
+    """Rows of the comparison table: teacher, student alone, distilled."""
+    methods = "+".join(t.name for t in recipe.terms) or "-"
+    alone_top1 = alone["last"]["top1"]
+    rows = [{"model": recipe.teacher, "training": teacher_kind,
+             "top1": teacher_top1, "top5": None, "epochs": None,
+             "minutes": None}]
+    for report, training_kind in ((alone, "student alone"),
+                                  (distilled, f"distilled ({methods})")):
+        rows.append({
+            "model": recipe.student, "training": training_kind,
+            "top1": report["last"]["top1"], "top5": report["last"]["top5"],
+            "epochs": report["epochs_done"], "minutes": _minutes(report),
+            "gain_top1_points": 100.0 * (report["last"]["top1"]
+                                         - alone_top1),
+        })
+    return rows
+
+
+def comparison_table(rows, recipe, report):
+    """The rows as a Markdown table with a one-line reading."""
+    info = report["data"]
+    fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
+    lines = [
+        f"{recipe.name}: {info.get('name')} "
+        f"({'GENERATED data' if info.get('is_generated') else 'real data'}"
+        f"), {recipe.epochs} epoch(s) of at most "
+        f"{recipe.data.limit_train or info.get('num_examples')} training "
+        "images, the same seed, data and optimizer for both students; "
+        f"top-1 on {report['eval']['description']}.",
+        "",
+        "| model | training | top-1 | top-5 | epochs | minutes |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['training']} | {fmt(r['top1'], '.4f')} | "
+            f"{fmt(r['top5'], '.4f')} | {fmt(r['epochs'], 'd')} | "
+            f"{fmt(r['minutes'], '.1f')} |")
+    gain = rows[-1]["gain_top1_points"]
+    lines += ["", f"distillation gain: {gain:+.2f} top-1 points over the "
+              "student alone"]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

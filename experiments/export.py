@@ -124,6 +124,12 @@ def _plain_record(dataset, student):
                               "source": info.normalization_source}}
 
 
+def _record_loader_kwargs(record):
+    from keras_semkd import training
+
+    return training.record_loader_kwargs(record)
+
+
 def _check_images(record, image_shape, n):
     """Returns `(uint8 images, labels or None, description)`: a stratified
     pick of `n` test images of the run's data (not the first `n`, which in
@@ -136,7 +142,8 @@ def _check_images(record, image_shape, n):
     try:
         images, labels, info = data_lib.load_split(
             dataset, "test", data_dir=record.get("data_dir"),
-            max_examples=n, normalization=record["normalization"])
+            max_examples=n, normalization=record["normalization"],
+            **_record_loader_kwargs(record))
         if tuple(images.shape[1:]) == tuple(image_shape) and \
                 list(info.class_names) == list(record["class_names"]):
             kind = "GENERATED" if info.is_generated else "real"

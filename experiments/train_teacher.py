@@ -78,7 +78,8 @@ def main(argv):
         from keras_semkd import data as data_lib
 
         info = data_lib.load_split(recipe.data.dataset, "train",
-                                   data_dir=recipe.data.data_dir)[2]
+                                   data_dir=recipe.data.data_dir,
+                                   **recipe.data.loader_kwargs())[2]
         recipe = recipe.override(num_classes=info.num_classes)
     if FLAGS.resume_from and not FLAGS.run_dir:
         raise app.UsageError(

@@ -66,7 +66,7 @@ def load_data(recipe, data_dir=None):
         cfg.dataset, "train", cfg.batch_size, data_dir=data_dir,
         augment=cfg.augment, seed=recipe.seed,
         validation_split=cfg.validation_split, with_index=_with_index(recipe),
-        split_seed=cfg.split_seed,
+        split_seed=cfg.split_seed, **cfg.loader_kwargs(),
     )
     if train_info.num_classes != recipe.num_classes:
         raise ValueError(
@@ -79,6 +79,7 @@ def load_data(recipe, data_dir=None):
         data_dir=data_dir, seed=recipe.seed,
         validation_split=cfg.validation_split, split_seed=cfg.split_seed,
         normalization=train_info.normalization, max_examples=cfg.limit_eval,
+        **cfg.loader_kwargs(),
     )
     if eval_info.class_names != train_info.class_names:
         raise ValueError(
@@ -367,6 +368,9 @@ def data_record(recipe, train_info, eval_info, data_dir):
         },
         "train": train_info.split_record(),
         "eval": eval_info.split_record(),
+        # Loader arguments the images were read with (resize on load).
+        "loader": {k: list(v) if isinstance(v, tuple) else v
+                   for k, v in recipe.data.loader_kwargs().items()},
     }
 
 
@@ -399,12 +403,12 @@ def read_run_data(run_dir):
     _, _, train_info = data_lib.load_split(
         cfg.dataset, "train", data_dir=cfg.data_dir,
         validation_split=cfg.validation_split, seed=recipe.seed,
-        split_seed=cfg.split_seed)
+        split_seed=cfg.split_seed, **cfg.loader_kwargs())
     _, _, eval_info = data_lib.load_split(
         cfg.dataset, eval_split_name(recipe), data_dir=cfg.data_dir,
         validation_split=cfg.validation_split, seed=recipe.seed,
         split_seed=cfg.split_seed, normalization=train_info.normalization,
-        max_examples=cfg.limit_eval)
+        max_examples=cfg.limit_eval, **cfg.loader_kwargs())
     record = data_record(recipe, train_info, eval_info, cfg.data_dir)
     record["reconstructed"] = True
     return record
@@ -429,15 +433,17 @@ def held_out_split_args(record, split, dataset=None):
     on another dataset; a carve-out then applies only to the run's own.
 
     Returns:
-        dict with `validation_split`, `split_seed` (and `seed`).
+        dict with `validation_split`, `split_seed` (and `seed`), and the
+        loader arguments of the run's own data (`record_loader_kwargs`).
     """
+    loader = record_loader_kwargs(record, dataset)
     dataset = dataset or record["dataset"]
     train = record.get("train", {})
     fraction = float(train.get("validation_split") or 0.0)
     own = dataset == record["dataset"]
     if split in ("train", "validation") and own and fraction > 0:
         return {"validation_split": fraction,
-                "split_seed": int(train["split_seed"]), "seed": 0}
+                "split_seed": int(train["split_seed"]), "seed": 0, **loader}
     if split == "validation" and "validation" not in \
             data_lib.DATASETS.get(dataset).splits:
         raise ValueError(
@@ -447,7 +453,18 @@ def held_out_split_args(record, split, dataset=None):
             "or train with data.validation_split > 0 (a carve-out made now "
             "would score images the model trained on)."
         )
-    return {"validation_split": 0.0, "split_seed": None, "seed": 0}
+    return {"validation_split": 0.0, "split_seed": None, "seed": 0, **loader}
+
+
+def record_loader_kwargs(record, dataset=None):
+    """The loader arguments (e.g. `image_size`) a run's own data were read
+    with, for reading them again; `{}` for another dataset."""
+    if dataset is not None and dataset != record["dataset"]:
+        return {}
+    loader = dict(record.get("loader") or {})
+    if isinstance(loader.get("image_size"), list):
+        loader["image_size"] = tuple(loader["image_size"])
+    return loader
 
 
 def check_class_names(record, info, what="the data"):
@@ -792,6 +809,7 @@ class Runner:
             with_index=_with_index(self.recipe),
             split_seed=cfg.split_seed, epoch=epoch,
             normalization=self.train_info.normalization,
+            **cfg.loader_kwargs(),
         )
         if cfg.limit_train:
             train_ds = train_ds.take(self.steps_per_epoch)

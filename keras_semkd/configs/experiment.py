@@ -249,6 +249,11 @@ class OptimizerConfig:
             )
 
 
+# Datasets whose images have one fixed size (DataConfig.image_size is
+# refused for them).
+_FIXED_SIZE_DATASETS = ("cifar100", "cinic10")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Which dataset and how to batch it."""
@@ -268,6 +273,10 @@ class DataConfig:
     # Evaluate on a stratified subset of N images of the evaluation split
     # (the same subset for every seed); reported as a subset.
     limit_eval: Optional[int] = None
+    # Images resized to (height, width) on load: every image of an
+    # `image_folder` (any size, mixed sizes too); the size `synthetic` data
+    # are generated at (square). None: the data's own size.
+    image_size: Optional[Tuple[int, int]] = None
 
     def __post_init__(self):
         _check_types(self)
@@ -281,6 +290,30 @@ class DataConfig:
         for name in ("limit_train", "limit_eval"):
             _check_range(f"DataConfig.{name}", getattr(self, name),
                          lambda v: v >= 1, ">= 1 (or null for no limit)")
+        if self.image_size is not None:
+            size = self.image_size
+            if isinstance(size, int) and not isinstance(size, bool):
+                size = (size, size)
+            if (not isinstance(size, (list, tuple)) or len(size) != 2
+                    or not all(isinstance(d, int) and not isinstance(d, bool)
+                               and d >= 1 for d in size)):
+                raise ValueError(
+                    "DataConfig.image_size must be [height, width] with "
+                    "positive integers (or one integer), or null. "
+                    f"Received: image_size={self.image_size!r}")
+            size = (int(size[0]), int(size[1]))
+            if self.dataset in _FIXED_SIZE_DATASETS:
+                raise ValueError(
+                    "DataConfig.image_size resizes image_folder data on "
+                    "load (and sizes synthetic data); "
+                    f"{self.dataset!r} images are 32x32: leave it null. "
+                    f"Received: dataset={self.dataset!r}, "
+                    f"image_size={self.image_size!r}")
+            if self.dataset == "synthetic" and size[0] != size[1]:
+                raise ValueError(
+                    "Synthetic images are square: give one size. Received: "
+                    f"image_size={self.image_size!r}")
+            object.__setattr__(self, "image_size", size)
         if self.batch_size <= 0:
             raise ValueError(
                 f"batch_size must be > 0. Received: {self.batch_size}"
@@ -290,6 +323,15 @@ class DataConfig:
                 "validation_split must be in [0, 1). "
                 f"Received: {self.validation_split}"
             )
+
+    def loader_kwargs(self):
+        """The keyword arguments of `get_dataset` / `load_split` set here
+        beyond the common ones (`image_size` when set)."""
+        if self.image_size is None:
+            return {}
+        if self.dataset == "synthetic":
+            return {"image_size": self.image_size[0]}
+        return {"image_size": tuple(self.image_size)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -367,6 +409,12 @@ class Recipe:
         d = dataclasses.asdict(self)
         d["terms"] = [t.to_dict() for t in self.terms]
         d["optimizer"]["milestones"] = list(self.optimizer.milestones)
+        if d["data"]["image_size"] is None:
+            # Written only when set: the config.json of a run made before
+            # the field existed stays the same, so the run still resumes.
+            del d["data"]["image_size"]
+        else:
+            d["data"]["image_size"] = list(d["data"]["image_size"])
         return d
 
     def to_json(self, **kwargs):
@@ -408,6 +456,7 @@ class Recipe:
         `override(**{"optimizer.learning_rate": 0.01, "epochs": 2,
         "terms.kd.weight": 0.5, "terms.kd.temperature": 2})`."""
         d = self.to_dict()
+        d["data"].setdefault("image_size", None)
         for path, value in changes.items():
             parts = path.split(".")
             if parts[0] == "terms":

@@ -165,18 +165,22 @@ def _gpu_short(method):
 
 
 def _cpu_smoke():
-    """Minutes on 2 CPU cores: resnet20 -> resnet8, KD, one epoch on a
-    5,000-image slice of CIFAR-100 (the teacher is trained first by the
-    script when no weights are given)."""
+    """The README's main job, a few minutes on 2 CPU cores: resnet20 ->
+    resnet8 with KD, 4 epochs of 12,800 CIFAR-100 training images each (a
+    fresh random draw every epoch: 800 steps, about one pass over the
+    training set), lr 0.05 then 0.005 for the last epoch, top-1 on the
+    10,000 test images. `experiments/distill.py` trains the same student
+    alone on the same budget next to it (the teacher is the shipped one, or
+    is trained first when there is none)."""
     return Recipe(
         name="cpu_smoke",
         teacher="resnet20",
         student="resnet8",
         terms=METHODS["kd"][1],
         student_loss_weight=METHODS["kd"][0],
-        epochs=1,
-        optimizer=OptimizerConfig(learning_rate=0.05, milestones=()),
-        data=DataConfig(batch_size=64, limit_train=5000, limit_eval=2000),
+        epochs=4,
+        optimizer=OptimizerConfig(learning_rate=0.05, milestones=(3,)),
+        data=DataConfig(batch_size=64, limit_train=12800),
     )
 
 

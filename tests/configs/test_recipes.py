@@ -90,7 +90,9 @@ def test_short_gpu_and_cpu_smoke_recipes():
     assert r.optimizer.milestones == (37, 45, 52)
     assert [t.name for t in r.terms] == ["sakd", "kd"]
     smoke = configs.get("cpu_smoke")
-    assert smoke.epochs == 1 and smoke.data.limit_train == 5000
+    assert smoke.epochs == 4 and smoke.data.limit_train == 12800
+    assert smoke.optimizer.milestones == (3,)
+    assert smoke.data.limit_eval is None
 
 
 def test_cpu_protocol_recipes():
