@@ -45,6 +45,9 @@ flags.DEFINE_string("resume_from", None,
                     "Start from the last state of another run directory "
                     "(other hyper-parameters may change); needs --run_dir.")
 flags.DEFINE_integer("verbose", 1, "Keras verbosity.")
+flags.DEFINE_list("image_size", None,
+                  "Resize images on load to H,W (or one N): image folders "
+                  "of any size; sets data.image_size.")
 
 
 def main(argv):
@@ -70,6 +73,17 @@ def main(argv):
         "optimizer.learning_rate": FLAGS.learning_rate,
         "mixed_precision": FLAGS.mixed_precision,
     }.items() if v is not None}
+    if FLAGS.image_size:
+        try:
+            size = [int(v) for v in FLAGS.image_size]
+        except ValueError:
+            size = []
+        size = size * 2 if len(size) == 1 else size
+        if len(size) != 2 or min(size) < 1:
+            raise app.UsageError(
+                "--image_size takes H,W or N (positive integers). Received: "
+                f"{','.join(FLAGS.image_size)!r}")
+        changes["data.image_size"] = size
     if recipe.teacher is not None:
         raise app.UsageError(f"{recipe.name} is a distillation recipe; use "
                              "experiments/distill.py.")

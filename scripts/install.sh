@@ -14,10 +14,15 @@ $PY -m pip install -q --no-build-isolation -e ".[test,jax]"
 # Serving protos for the export tests; --no-deps or it pulls the 570 MB
 # tensorflow wheel.
 $PY -m pip install -q --no-deps "tensorflow-serving-api==2.21.0"
+# keras-hub, for the test distilling a keras-hub image classifier. --no-deps:
+# its tensorflow-text requirement pulls the full tensorflow wheel, and image
+# models need only these two of its other requirements at import time.
+$PY -m pip install -q --no-deps "keras-hub==0.32.0" "tokenizers==0.23.3" \
+  "sentencepiece==0.2.3"
 $PY - <<'PY'
 import importlib.metadata as m
 for d in ("tensorflow-cpu", "keras", "jax", "tensorflow-datasets",
-          "keras-tuner", "tensorboard"):
+          "keras-tuner", "tensorboard", "keras-hub"):
     try:
         print(f"{d} {m.version(d)}")
     except m.PackageNotFoundError:

@@ -43,18 +43,35 @@ def test_main_job_uses_the_shipped_teacher_on_cifar100(tmp_path):
     # No quick teacher was trained.
     assert not (run_dir / "teacher").exists()
     assert not (run_dir / "teacher.weights.h5").exists()
+    # The gain is shown: the same student alone, same budget, side by side.
+    comparison = json.loads((run_dir / "comparison.json").read_text())
+    kinds = [r["training"] for r in comparison["rows"]]
+    assert kinds == ["teacher (shipped weights)", "student alone",
+                     "distilled (kd)"]
+    alone = json.loads((run_dir / "student_alone" / "config.json")
+                       .read_text())
+    assert alone["teacher"] is None and alone["terms"] == []
+    for key in ("epochs", "optimizer", "data", "seed"):
+        assert alone[key] == config[key], key
+    assert "| resnet8 | student alone |" in out
+    assert "distillation gain:" in out
+    assert (run_dir / "comparison.md").read_text().strip() in out
 
 
 def test_main_job_falls_back_to_generated_data_then_evaluates(tmp_path):
     env = {"KERAS_SEMKD_DATA": str(tmp_path / "no-data-here")}
     out = _script("distill.py", "--verbose=0", "--teacher_epochs=1",
-                  f"--output_dir={tmp_path}", env_extra=env)
+                  "--epochs=1", f"--output_dir={tmp_path}", env_extra=env)
     assert "GENERATED data, not CIFAR-100" in out
     run_dir = tmp_path / "cpu_smoke"
     for name in ("config.json", "history.csv", "report.json", "curves.png",
                  "student.keras", "teacher.weights.h5",
-                 "checkpoints/best.weights.h5"):
+                 "checkpoints/best.weights.h5", "comparison.json",
+                 "comparison.md", "student_alone/report.json"):
         assert (run_dir / name).exists(), name
+    rows = json.loads((run_dir / "comparison.json").read_text())["rows"]
+    assert rows[0]["training"] == "teacher (quick, 1 epoch(s))"
+    assert "GENERATED data" in (run_dir / "comparison.md").read_text()
     report = json.loads((run_dir / "report.json").read_text())
     assert report["data"]["is_generated"] is True
     assert report["recipe"]["data"]["dataset"] == "synthetic"

@@ -461,20 +461,17 @@ class _Builder:
         x = args[0] if args else kwargs.pop("inputs")
         sub_inputs = tree.map_structure(
             lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype), x)
-        found = self.found
-        self.found = {}
+        outer_found, self.found = self.found, {}
         try:
             outputs = self.build(op, sub_inputs, prefix=path + "/")
             taps = [self.found[p] for p in inner]
         finally:
-            inner_found, self.found = self.found, found
+            self.found = outer_found
         flat = tree.flatten(outputs)
         sub = keras.Model(sub_inputs, flat + taps, name=op.name)
         call_kwargs = {k: v for k, v in kwargs.items() if k == "training"}
         result = list(tree.flatten(sub(x, **call_kwargs)))
-        for p, t in zip(inner, result[len(flat):]):
-            self.found[p] = t
-        del inner_found
+        self.found.update(zip(inner, result[len(flat):]))
         return tree.pack_sequence_as(outputs, result[:len(flat)])
 
 

@@ -539,3 +539,18 @@ def test_keras_hub_image_classifier_teacher():
     assert "without its softmax" in distiller._views["teacher"].logits
     logs = _fit_one_epoch(distiller)
     assert logs["distill/at"] > 0
+
+
+def test_softmax_head_inside_a_nested_classifier(mobilenet):
+    """A whole keras.applications classifier nested in a Sequential: the
+    logits come from inside the nested model, before its softmax."""
+    wrapper = keras.Sequential([keras.Input(SHAPE), mobilenet],
+                               name="wrapper")
+    view = tapped_view(wrapper, {"s3": "block_6_expand_relu"},
+                       role="teacher")
+    assert "without its softmax" in view.logits
+    x, _ = _data(2)
+    out = view.model(x)
+    np.testing.assert_allclose(_np(keras.ops.softmax(out["logits"])),
+                               _np(mobilenet(x)), atol=1e-6)
+    assert out["s3"].shape[1:] == (4, 4, 96)
