@@ -131,3 +131,33 @@ def test_recipe_field_and_its_checks():
     with pytest.raises(ValueError, match=r"Received: image_size=\[64\]"):
         base.override(**{"data.dataset": "image_folder",
                          "data.image_size": [64]})
+
+
+def test_the_run_record_carries_the_size_to_evaluate_and_export(tmp_path,
+                                                                cache):
+    from keras_semkd import training
+
+    root = write_png_folder(tmp_path / "mixed", ("x", "y"), 3, size=40,
+                            splits=("train", "test"))
+    write_png_folder(root, ("y",), 2, seed=3, size=24, splits=("train",))
+    recipe = configs.get("cpu_smoke").override(**{
+        "data.dataset": "image_folder", "data.data_dir": str(root),
+        "data.image_size": [32, 32], "data.limit_train": None,
+        "num_classes": 2})
+    _, _, train_info = kd_data.load_split(
+        "image_folder", "train", data_dir=root,
+        **recipe.data.loader_kwargs())
+    _, _, eval_info = kd_data.load_split(
+        "image_folder", "test", data_dir=root,
+        normalization=train_info.normalization,
+        **recipe.data.loader_kwargs())
+    record = training.data_record(recipe, train_info, eval_info, root)
+    assert record["loader"] == {"image_size": [32, 32]}
+    args = training.held_out_split_args(record, "test")
+    assert args["image_size"] == (32, 32)
+    ds, info = kd_data.get_dataset("image_folder", "test", 4, data_dir=root,
+                                   **args)
+    assert info.input_shape == tuple(record["input_shape"]) == (32, 32, 3)
+    # Another dataset is read at its own size.
+    assert "image_size" not in training.held_out_split_args(
+        record, "test", dataset="synthetic")
