@@ -180,3 +180,14 @@ def test_report_writes_table_summary_and_plots(tmp_path):
     twin = summary["pairs"]["mbv2-r8"]["comparisons"]["twin"]
     assert twin["mean_diff"] == pytest.approx(1.0) and twin["wins"] == 3
     assert summary["metric"] == "val_top1"
+
+
+def test_pool_skips_a_job_recorded_after_planning(tmp_path):
+    import sys
+
+    started = []
+    failures = core.run_pool(
+        ["a", "b"], lambda job: started.append(job) or [sys.executable,
+                                                         "-c", "pass"],
+        workers=1, log=lambda *_: None, skip=lambda job: job == "b")
+    assert failures == [] and started == ["a"]

@@ -213,8 +213,9 @@ SCREENING = {
     "pairs": ("mbv2-r8", "r20-r8"),
     "arms": {
         "mbv2-r8": ("kd", "sakd_v1", "align_g4", "align_native",
-                    "align_native_map", "probe", "twin", "twin_noconf"),
-        "r20-r8": (),
+                    "align_native_map", "probe", "twin", "twin_noconf",
+                    "align_native_a2", "conf", "conf_a2", "twin_light"),
+        "r20-r8": ("kd", "align_native", "conf", "twin_noconf"),
     },
     "seeds": (0, 1, 2),
     "epochs": 5,

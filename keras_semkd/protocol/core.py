@@ -137,7 +137,7 @@ class Progress:
 
 
 def run_pool(jobs, command, *, workers=2, threads_per_worker=1, log=print,
-             log_path=None, cost=None):
+             log_path=None, cost=None, skip=None):
     """Runs `jobs` as separate processes, `workers` at a time.
 
     Args:
@@ -148,6 +148,9 @@ def run_pool(jobs, command, *, workers=2, threads_per_worker=1, log=print,
         log: progress callback (one line per started/finished job, ETA).
         log_path: `job_id -> path` of the job's stdout/stderr log.
         cost: optional `job_id -> relative cost` for the ETA.
+        skip: optional `job_id -> bool`, asked right before a job starts:
+            `True` drops it (e.g. another process has recorded it since the
+            job list was made).
 
     Returns:
         list of the job ids that failed (non-zero exit).
@@ -164,6 +167,9 @@ def run_pool(jobs, command, *, workers=2, threads_per_worker=1, log=print,
     while pending or running:
         while pending and len(running) < workers:
             job = pending.pop(0)
+            if skip is not None and skip(job):
+                log(f"skip   {job} (recorded meanwhile)")
+                continue
             out = subprocess.DEVNULL
             if log_path is not None:
                 path = log_path(job)

@@ -204,9 +204,16 @@ def run_stage(stage, options, log, pairs=None, arms=None, seeds=None,
                 "weights/sakd_protocol/).")
     jobs = plan_jobs(stage, options, pairs, arms, seeds)
     log(f"{stage}: {len(jobs)} runs to do, {workers} at a time")
+    results = results_file(stage, options)
+
+    def recorded(job):
+        _, pair, arm, seed = parse_job(job)
+        return (pair, arm, seed) in results.done_keys()
+
     return core.run_pool(jobs, _command(script, options), workers=workers,
                          threads_per_worker=threads, log=log,
-                         log_path=_job_log(options), cost=job_cost)
+                         log_path=_job_log(options), cost=job_cost,
+                         skip=recorded)
 
 
 def build_teacher(model, options):
