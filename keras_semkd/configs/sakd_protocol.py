@@ -100,6 +100,9 @@ SAKD_V1 = {
 #: grids (at most 8x8).
 _NATIVE = {"grid": "smaller", "max_grid": 8}
 
+#: ... keeping per-position magnitude (one scale per map).
+_NATIVE_MAP = {**_NATIVE, "token_norm": "map"}
+
 #: Candidate (A): a probe fitted on the frozen teacher's uniformized vectors
 #: before training, then frozen and used as a metric (KL only, no CE).
 _PROBE = {"semantic": "shared", "head_scope": "joint",
@@ -194,13 +197,16 @@ SCREENING_ARMS = {
     "twin": sakd_arm({**_NATIVE, **_TWIN}),
     "twin_noconf": sakd_arm({**_NATIVE, **_TWIN,
                              "confidence_weighting": False}),
-    # Round 2 (after round 1: alignment at the native grid is the strongest
-    # part; branch terms on the student cost accuracy).
-    "align_native_a2": sakd_arm({**_NATIVE, "semantic": "none",
-                                 "alignment_weight": 2.0}),
-    "conf": sakd_arm({**_NATIVE, **_CONF}),
-    "conf_a2": sakd_arm({**_NATIVE, **_CONF, "alignment_weight": 2.0}),
-    "twin_light": sakd_arm({**_NATIVE, **_TWIN, "semantic_ce_weight": 0.1,
+    # Round 2, on the best alignment of round 1 (native grid, map token
+    # norm); branch terms on the student cost accuracy in round 1, so the
+    # branch is tried as a weight only and with lighter terms.
+    "align_map_a2": sakd_arm({**_NATIVE_MAP, "semantic": "none",
+                              "alignment_weight": 2.0}),
+    "conf": sakd_arm({**_NATIVE_MAP, **_CONF}),
+    "conf_a2": sakd_arm({**_NATIVE_MAP, **_CONF, "alignment_weight": 2.0}),
+    "twin_light": sakd_arm({**_NATIVE_MAP, **_TWIN,
+                            "confidence_weighting": False,
+                            "semantic_ce_weight": 0.1,
                             "semantic_kd_weight": 0.1}),
 }
 
@@ -214,8 +220,8 @@ SCREENING = {
     "arms": {
         "mbv2-r8": ("kd", "sakd_v1", "align_g4", "align_native",
                     "align_native_map", "probe", "twin", "twin_noconf",
-                    "align_native_a2", "conf", "conf_a2", "twin_light"),
-        "r20-r8": ("kd", "align_native", "conf", "twin_noconf"),
+                    "align_map_a2", "conf", "conf_a2", "twin_light"),
+        "r20-r8": ("kd", "align_native_map", "conf"),
     },
     "seeds": (0, 1, 2),
     "epochs": 5,
