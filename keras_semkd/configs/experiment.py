@@ -356,6 +356,9 @@ class Recipe:
     seed: int = 0
     mixed_precision: Optional[str] = None
     teacher_weights: Optional[str] = None
+    #: Validation runs the teacher and the terms (`True`) or the student
+    #: alone (`False`: held-out accuracy only, no teacher forward pass).
+    validate_terms: bool = True
 
     def __post_init__(self):
         terms = tuple(
@@ -415,6 +418,9 @@ class Recipe:
             del d["data"]["image_size"]
         else:
             d["data"]["image_size"] = list(d["data"]["image_size"])
+        if d["validate_terms"]:
+            # Likewise written only when not the default.
+            del d["validate_terms"]
         return d
 
     def to_json(self, **kwargs):

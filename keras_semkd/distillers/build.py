@@ -186,6 +186,7 @@ def build_distiller(recipe, teacher=None, student=None,
     return Distiller(
         teacher, student, distillation_losses=terms,
         student_loss_weight=recipe.student_loss_weight,
+        validate_terms=recipe.validate_terms,
         name=f"distiller_{recipe.name}",
     )
 

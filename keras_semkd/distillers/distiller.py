@@ -105,6 +105,12 @@ class Distiller(keras.Model):
             paths are logged and kept in `get_config()["features"]`.
         input_shape: `(H, W, C)`, needed only when neither model knows its
             input shape (unbuilt Sequential or subclassed models).
+        validate_terms: `True` (default): `evaluate` and `fit`'s
+            validation run the teacher and every term, and log
+            `val_distill/<name>`. `False`: they run the student alone
+            (no teacher forward pass; `loss` is then the student loss),
+            which is what held-out accuracy needs and costs one student
+            forward per batch instead of teacher + student + terms.
         **kwargs: `keras.Model` arguments (`name`, ...).
 
     `compile()` keeps Keras' signature; its `loss` is the student loss on
@@ -128,10 +134,12 @@ class Distiller(keras.Model):
         logits_key="logits",
         features=None,
         input_shape=None,
+        validate_terms=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.logits_key = logits_key
+        self.validate_terms = bool(validate_terms)
         self.student_loss_weight = float(student_loss_weight)
         _check_model(teacher, "teacher")
         _check_model(student, "student")
@@ -331,9 +339,14 @@ class Distiller(keras.Model):
             ce = ce * sw
         else:
             sw = None
+        values = {"student_loss": ops.mean(ce)}
+        if teacher_outputs is None:
+            # Student-only evaluation (`validate_terms=False`).
+            if training:
+                raise ValueError("Training needs the teacher's outputs.")
+            return ops.mean(ce), values
         per_example = self.student_loss_weight * ce
         batch_total = 0.0
-        values = {"student_loss": ops.mean(ce)}
         for term, weight in zip(
             self.distillation_terms, self.distillation_weights
         ):
@@ -383,6 +396,8 @@ class Distiller(keras.Model):
             values["student_loss"], sample_weight=batch
         )
         for term, tracker in zip(self.distillation_terms, self.term_trackers):
+            if f"distill/{term.name}" not in values:
+                continue
             tracker.update_state(
                 values[f"distill/{term.name}"], sample_weight=batch
             )
@@ -401,13 +416,21 @@ class Distiller(keras.Model):
 
     def test_step(self, *args):
         if keras.backend.backend() == "jax":
-            return self._jax_test_step(*args)
+            logs, state = self._jax_test_step(*args)
+            return self._test_logs(logs), state
         if keras.backend.backend() == "tensorflow":
-            return self._tf_test_step(*args)
+            return self._test_logs(self._tf_test_step(*args))
         raise NotImplementedError(
             "Distiller supports the 'tensorflow' and 'jax' backends. "
             f"Received: backend={keras.backend.backend()!r}"
         )
+
+    def _test_logs(self, logs):
+        if self.validate_terms:
+            return logs
+        # The term trackers are not updated without the teacher: not logged.
+        return {k: v for k, v in logs.items()
+                if not k.startswith("distill/")}
 
     def _tf_train_step(self, data):
         import tensorflow as tf
@@ -432,7 +455,8 @@ class Distiller(keras.Model):
 
     def _tf_test_step(self, data):
         x, y, sw = data_adapter_utils.unpack_x_y_sample_weight(data)
-        teacher_out = self.teacher_view(x, training=False)
+        teacher_out = (self.teacher_view(x, training=False)
+                       if self.validate_terms else None)
         student_out = self.student_view(x, training=False)
         loss, values = self.compute_distillation_loss(
             teacher_out, student_out, y, sw, training=False
@@ -508,7 +532,8 @@ class Distiller(keras.Model):
     def _jax_test_step(self, state, data):
         trainable, non_trainable, metrics_variables = state
         x, y, sw = data_adapter_utils.unpack_x_y_sample_weight(data)
-        teacher_out = self._jax_teacher(non_trainable, x)
+        teacher_out = (self._jax_teacher(non_trainable, x)
+                       if self.validate_terms else None)
         _, aux = self._jax_loss(
             trainable, non_trainable, teacher_out, x, y, sw, False
         )
@@ -639,6 +664,8 @@ class Distiller(keras.Model):
             "student_loss_weight": self.student_loss_weight,
             "logits_key": self.logits_key,
         }
+        if not self.validate_terms:
+            config["validate_terms"] = False
         # The resolved taps (layer paths, "auto" already chosen), so a
         # reload taps the same layers.
         if any(v is not None for v in self.features.values()):
