@@ -112,9 +112,9 @@ _PROBE = {"semantic": "shared", "head_scope": "joint",
 #: Candidate (B): per-stage twin branches on the stage maps pooled to 4x4;
 #: teacher branches prefitted and frozen, student branches trained with
 #: CE + KL to them; alignment weighted by the teacher branch's confidence.
-#: β = γ = 0.5: with 1.0 the branch terms' gradient on the student was 2.4x
-#: (start) and 1.1x (after 200 steps) the KD term's on r20-r8
-#: (results/sakd_gradients/r20-r8.json).
+#: β = γ = 0.5 here; with 1.0 the branch terms' gradient on the student was
+#: 5.4x (start) and 1.1x (after 200 steps) the KD term's on r20-r8, at 0.5
+#: 2.8x and 0.85x on mbv2-r8 (results/sakd_gradients/, docs/method.md §6).
 _TWIN = {"semantic": "separate", "head_scope": "per_stage",
          "head_input": "pooled", "pool_grid": 4, "prefit_steps": 1000,
          "warmup_epochs": 0, "confidence_weighting": True,
