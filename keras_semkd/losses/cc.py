@@ -6,14 +6,14 @@ import keras
 from keras import layers
 from keras import ops
 
-from keras_semkd.losses.at import flatten_features
 from keras_semkd.losses.base import DistillationLoss
+from keras_semkd.losses.base import pair_specs
 from keras_semkd.losses.base import register_loss
-from keras_semkd.losses.fitnet import check_weight_decay
-from keras_semkd.losses.fitnet import pair_specs
-from keras_semkd.losses.fitnet import torch_bias_initializer
-from keras_semkd.losses.fitnet import torch_kernel_initializer
-from keras_semkd.losses.fitnet import weight_decay_regularizer
+from keras_semkd.utils.numerics import check_weight_decay
+from keras_semkd.utils.numerics import flatten_features
+from keras_semkd.utils.numerics import torch_default_bias
+from keras_semkd.utils.numerics import torch_default_kernel
+from keras_semkd.utils.numerics import weight_decay_regularizer
 
 
 def cc_loss(teacher_embedded, student_embedded):
@@ -108,8 +108,8 @@ class CCLoss(DistillationLoss):
         reg = weight_decay_regularizer(self.weight_decay)
         dense = layers.Dense(
             self.feat_dim,
-            kernel_initializer=torch_kernel_initializer(),
-            bias_initializer=torch_bias_initializer(dim_in),
+            kernel_initializer=torch_default_kernel(),
+            bias_initializer=torch_default_bias(dim_in),
             kernel_regularizer=reg, bias_regularizer=reg,
             dtype=self.dtype_policy, name=name,
         )

@@ -7,16 +7,16 @@ import numpy as np
 from keras import layers
 from keras import ops
 
-from keras_semkd.losses.at import STAGE_KEYS
-from keras_semkd.losses.at import check_feature_maps
-from keras_semkd.losses.at import match_spatial_size
+from keras_semkd.losses.base import STAGE_KEYS
 from keras_semkd.losses.base import DistillationLoss
+from keras_semkd.losses.base import already_built_for
+from keras_semkd.losses.base import check_feature_maps
+from keras_semkd.losses.base import pair_specs
 from keras_semkd.losses.base import register_loss
-from keras_semkd.losses.fitnet import check_weight_decay
-from keras_semkd.losses.fitnet import already_built_for
-from keras_semkd.losses.fitnet import pair_specs
-from keras_semkd.losses.fitnet import torch_kernel_initializer
-from keras_semkd.losses.fitnet import weight_decay_regularizer
+from keras_semkd.utils.numerics import check_weight_decay
+from keras_semkd.utils.numerics import match_spatial_size
+from keras_semkd.utils.numerics import torch_default_kernel
+from keras_semkd.utils.numerics import weight_decay_regularizer
 
 
 def vid_loss(teacher_feature, predicted_mean, predicted_variance):
@@ -71,7 +71,7 @@ class VIDRegressor(keras.layers.Layer):
         self.convs = [
             layers.Conv2D(
                 filters, 1, use_bias=False,
-                kernel_initializer=torch_kernel_initializer(),
+                kernel_initializer=torch_default_kernel(),
                 kernel_regularizer=reg, dtype=self.dtype_policy,
                 name=f"conv{i}",
             )
