@@ -10,7 +10,7 @@ normal images, random labels: no input pipeline, no augmentation):
     keras_distillation   `keras.distillation.Distiller`: LogitsDistillation
                          (T=4) + FeatureDistillation (MSE) on the last stage
     torch_kd             RepDistiller's KD loop in PyTorch
-                         (experiments/torch_reference.py), NCHW,
+                         (benchmarks/torch_reference.py), NCHW,
                          `torch.set_num_threads(physical cores)`
     torch_kd@1t          the same with one thread (`@<n>t`: n threads,
                          `@cl`: channels-last tensors; any torch peer)
@@ -44,7 +44,7 @@ the ratios are given both from medians and paired within each repeat.
 Example (the measurements in docs/bench_throughput.md; pass one pair per
 command to give each its own --steps):
 
-    python experiments/bench_throughput.py --pairs=resnet32x4:resnet8x4 \
+    python benchmarks/bench_throughput.py --pairs=resnet32x4:resnet8x4 \
         --steps=5 --warmup=2 --repeats=3 --mixed_precision --memory \
         --profile --out=/tmp/bench/pair1.json
 """
@@ -74,8 +74,6 @@ from absl import logging  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
-sys.path.insert(0, HERE)
 
 PEERS = (
     "keras_kd", "keras_sakd", "keras_kd_feat", "keras_distillation",

@@ -29,15 +29,13 @@ NaN, with a lower learning rate) in a new run directory:
 import dataclasses
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from keras_semkd import configs  # noqa: E402
+from keras_semkd import configs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("recipe", "cpu_smoke", "Registered recipe name.")
