@@ -5,7 +5,6 @@ the stage features of the concrete teacher and student, so one method
 declaration fits every pair of the model zoo.
 """
 
-import inspect
 import io
 import os
 import zipfile
@@ -20,8 +19,9 @@ from keras_semkd.distillers.distiller import Distiller
 
 
 def _accepts(name, arg):
-    cls = losses_lib.LOSSES.get(name)
-    return arg in inspect.signature(cls.__init__).parameters
+    """Whether the loss registered as `name` declares the run-level value
+    `arg` (`DistillationLoss.run_values`)."""
+    return arg in losses_lib.LOSSES.get(name).run_values
 
 
 def resolve_terms(terms, teacher, student, weight_decay=None,
@@ -35,10 +35,12 @@ def resolve_terms(terms, teacher, student, weight_decay=None,
         terms: `Term`s or term dicts.
         teacher, student: the built models.
         weight_decay: the protocol's coupled weight decay, given to terms
-            with learned parts (those accepting `weight_decay`) that do not
-            set it (RepDistiller's SGD decays them with the student).
+            with learned parts (those declaring `"weight_decay"` in their
+            `run_values`) that do not set it (RepDistiller's SGD decays them
+            with the student).
         num_train_examples: the training-set size, given as `num_data` to
-            memory-bank terms (CRD) that do not set it.
+            memory-bank terms (CRD: `"num_data"` in `run_values`) that do
+            not set it.
     """
     resolved = []
     for term in terms:

@@ -103,6 +103,13 @@ class DistillationLoss(keras.layers.Layer):
     #: bank) set this True; the data must then yield labels as a dict
     #: `{"label": ..., "index": ...}`.
     needs_indices = False
+    #: Run-level values this loss takes from the run when its term does not
+    #: set them, each a constructor argument of the same name:
+    #: `"weight_decay"` (the protocol's coupled weight decay, for learned
+    #: parts that RepDistiller's SGD decays with the student) and
+    #: `"num_data"` (the training-set size, for memory banks). Declared,
+    #: never guessed from the signature (`distillers.build.resolve_terms`).
+    run_values = ()
 
     def __init__(self, teacher_keys=("logits",), student_keys=None, **kwargs):
         kwargs["dtype"] = "float32"

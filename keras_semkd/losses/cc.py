@@ -69,6 +69,8 @@ class CCLoss(DistillationLoss):
             `"embedding"`); maps are flattened first.
     """
 
+    run_values = ("weight_decay",)
+
     reduction = "batch"
 
     def __init__(self, feat_dim=128, weight_decay=0.0,

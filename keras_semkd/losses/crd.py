@@ -238,6 +238,7 @@ class CRDLoss(DistillationLoss):
     """
 
     needs_indices = True
+    run_values = ("num_data", "weight_decay")
 
     def __init__(self, num_data, feat_dim=128, nce_k=16384, nce_t=0.07,
                  momentum=0.5, seed=None, weight_decay=0.0,

@@ -196,6 +196,8 @@ class FitNetLoss(DistillationLoss):
             `"stage2"`), paired one to one; the pair losses are summed.
     """
 
+    run_values = ("weight_decay",)
+
     def __init__(self, use_relu=True, weight_decay=0.0,
                  teacher_keys="stage2", student_keys=None, **kwargs):
         super().__init__(teacher_keys=teacher_keys,

@@ -252,6 +252,8 @@ class ReviewKDLoss(EpochWarmup, DistillationLoss):
             `stage1`..`stage3`, `embedding`).
     """
 
+    run_values = ("weight_decay",)
+
     def __init__(self, warmup_epochs=20, max_mid_channel=512,
                  levels=(4, 2, 1), weight_decay=0.0,
                  teacher_keys=("stage1_preact", "stage2_preact",

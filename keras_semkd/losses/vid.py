@@ -156,6 +156,8 @@ class VIDLoss(DistillationLoss):
             `stage1..stage3`, three-stage CIFAR ResNets/WRNs).
     """
 
+    run_values = ("weight_decay",)
+
     def __init__(self, init_pred_var=5.0, eps=1e-5, mid_channels=None,
                  weight_decay=0.0, teacher_keys=STAGE_KEYS,
                  student_keys=None, **kwargs):
