@@ -1,8 +1,9 @@
 """Turns declared recipes into models and a `Distiller`.
 
-Resolves the feature selectors of `keras_semkd.configs.experiment` against
-the stage features of the concrete teacher and student, so one method
-declaration fits every pair of the model zoo.
+Resolves the feature selectors of the declared terms (`configs.Term`s or
+dicts; this module does not import `configs/`) against the stage features
+of the concrete teacher and student, so one method declaration fits every
+pair of the model zoo.
 """
 
 import io
@@ -13,7 +14,6 @@ import keras
 
 from keras_semkd import losses as losses_lib
 from keras_semkd import models as zoo
-from keras_semkd.configs import experiment
 from keras_semkd.distillers import selectors
 from keras_semkd.distillers.distiller import Distiller
 
@@ -44,8 +44,9 @@ def resolve_terms(terms, teacher, student, weight_decay=None,
     """
     resolved = []
     for term in terms:
-        term = dict(term.to_dict() if isinstance(term, experiment.Term)
-                    else term)
+        # A `configs.Term` (or anything with `to_dict`) or a plain dict:
+        # distillers/ does not import configs/ (../shared/STYLE.md).
+        term = dict(term.to_dict() if hasattr(term, "to_dict") else term)
         name = term["name"]
         if (weight_decay is not None and "weight_decay" not in term
                 and _accepts(name, "weight_decay")):
