@@ -511,3 +511,47 @@ def functional_model(inputs, outputs, name):
     """`keras.Model(inputs, outputs=dict)`; `outputs` in RepDistiller's
     `feats` order: stem, stages (and their `_preact`), embedding, logits."""
     return keras.Model(inputs=inputs, outputs=outputs, name=name)
+
+
+def classification_model(
+    inputs,
+    x,
+    features,
+    num_classes,
+    *,
+    weight_decay,
+    name,
+    kernel_initializer=None,
+    bias_initializer="zeros",
+):
+    """The tail every zoo family shares: global pool -> classifier -> the
+    output dict -> the functional model.
+
+    Args:
+        inputs: the model's `keras.Input`.
+        x: the last feature map.
+        features: the feature outputs so far (`"stem"`, `"stage1"`, ...,
+            their `_preact`s) in RepDistiller's `feats` order;
+            `"embedding"` (the pooled `x`) and `"logits"` are appended.
+        num_classes: width of the classifier.
+        weight_decay: coupled weight decay of the classifier.
+        name: model name.
+        kernel_initializer: the classifier's kernel initializer; `None`
+            leaves `nn.Linear` at PyTorch's default init (kernel and bias
+            U(-1/sqrt(fan_in), 1/sqrt(fan_in)), `bias_initializer` ignored).
+        bias_initializer: the classifier's bias initializer.
+    """
+    embedding = global_pool(x)
+    if kernel_initializer is None:
+        logits = torch_default_classifier(embedding, num_classes,
+                                          weight_decay=weight_decay)
+    else:
+        logits = classifier(
+            embedding, num_classes, weight_decay=weight_decay,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+        )
+    outputs = dict(features)
+    outputs["embedding"] = embedding
+    outputs["logits"] = logits
+    return functional_model(inputs, outputs, name)
