@@ -1108,6 +1108,16 @@ class Runner:
                 self.best_top1 is None or top1 > self.best_top1)
             if improved:
                 self.best_top1 = top1
+            # Not keras.callbacks.CSVLogger / ModelCheckpoint: fit runs one
+            # epoch per call (a resumed epoch skips its done steps), and
+            # these files are written only after the epoch's state is
+            # checked finite above. CSVLogger would append its row at
+            # on_epoch_end (before that check; twice for an epoch resumed
+            # mid-way), fix its columns at its first epoch and miss the
+            # `seconds` / `learning_rate` added here and the rows carried
+            # over from a resumed run; ModelCheckpoint saves the model given
+            # to fit (the Distiller, not the student) and forgets its best
+            # value at every fit call.
             if self.chief:
                 self._write_csv()
                 self.student.save_weights(
