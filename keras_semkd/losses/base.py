@@ -291,6 +291,30 @@ def pair_specs(loss, teacher_shapes, student_shapes):
     )
 
 
+def build_pair_regressors(loss, teacher_shapes, student_shapes, make):
+    """Builds `loss.regressors`, one learned layer a key pair (FitNet's
+    `ConvReg`, VID's regressor), named under the loss; a no-op when they
+    exist for the same shapes (raises for other shapes).
+
+    Args:
+        loss: the loss (its `check_specs` runs first).
+        teacher_shapes, student_shapes: as `build_from_specs`.
+        make: `make(i, teacher_shape, student_shape)` -> the built layer of
+            pair `i` (shapes without the batch axis).
+    """
+    loss.check_specs(teacher_shapes, student_shapes)
+    specs = pair_specs(loss, teacher_shapes, student_shapes)
+    if already_built_for(loss, loss.regressors, specs):
+        return
+    regressors = []
+    with keras.name_scope(loss.name):
+        for i, (t_shape, s_shape) in enumerate(specs):
+            regressors.append(make(i, t_shape, s_shape))
+    loss.regressors = regressors
+    loss._built_specs = specs
+    loss.built = True
+
+
 def already_built_for(loss, parts, specs):
     """True when `loss` already built its learned `parts` for `specs`;
     raises if it was built for another model pair."""

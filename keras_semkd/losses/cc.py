@@ -7,6 +7,7 @@ from keras import layers
 from keras import ops
 
 from keras_semkd.losses.base import DistillationLoss
+from keras_semkd.losses.base import already_built_for
 from keras_semkd.losses.base import pair_specs
 from keras_semkd.losses.base import register_loss
 from keras_semkd.utils.numerics import check_weight_decay
@@ -121,13 +122,7 @@ class CCLoss(DistillationLoss):
     def build_from_specs(self, teacher_shapes, student_shapes):
         self.check_specs(teacher_shapes, student_shapes)
         specs = pair_specs(self, teacher_shapes, student_shapes)
-        if self.embed_t is not None:
-            if specs != self._built_specs:
-                raise ValueError(
-                    f"Loss {self.name!r} was built for {self._built_specs} "
-                    f"and cannot be rebuilt for {specs}; create a new "
-                    "loss instance for another model pair."
-                )
+        if already_built_for(self, self.embed_t, specs):
             return
         t_shape, s_shape = specs[0]
         with keras.name_scope(self.name):

@@ -5,9 +5,8 @@ from keras import layers
 from keras import ops
 
 from keras_semkd.losses.base import DistillationLoss
-from keras_semkd.losses.base import already_built_for
+from keras_semkd.losses.base import build_pair_regressors
 from keras_semkd.losses.base import check_feature_maps
-from keras_semkd.losses.base import pair_specs
 from keras_semkd.losses.base import register_loss
 from keras_semkd.utils.numerics import BN_EPSILON
 from keras_semkd.utils.numerics import BN_MOMENTUM
@@ -211,23 +210,17 @@ class FitNetLoss(DistillationLoss):
         check_feature_maps(self, teacher_shapes, student_shapes)
 
     def build_from_specs(self, teacher_shapes, student_shapes):
-        self.check_specs(teacher_shapes, student_shapes)
-        specs = pair_specs(self, teacher_shapes, student_shapes)
-        if already_built_for(self, self.regressors, specs):
-            return
-        regressors = []
-        with keras.name_scope(self.name):
-            for i, (t_shape, s_shape) in enumerate(specs):
-                reg = ConvReg(
-                    s_shape, t_shape, use_relu=self.use_relu,
-                    weight_decay=self.weight_decay, dtype=self.dtype_policy,
-                    name=f"regressor_{i}",
-                )
-                reg.build((None,) + s_shape)
-                regressors.append(reg)
-        self.regressors = regressors
-        self._built_specs = specs
-        self.built = True
+        build_pair_regressors(self, teacher_shapes, student_shapes,
+                              self._regressor)
+
+    def _regressor(self, i, t_shape, s_shape):
+        reg = ConvReg(
+            s_shape, t_shape, use_relu=self.use_relu,
+            weight_decay=self.weight_decay, dtype=self.dtype_policy,
+            name=f"regressor_{i}",
+        )
+        reg.build((None,) + s_shape)
+        return reg
 
     def compute(self, teacher, student, labels=None, training=False,
                 indices=None):
