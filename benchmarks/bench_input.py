@@ -22,7 +22,6 @@ from absl import app
 from absl import flags
 from absl import logging
 
-
 from keras_semkd import data as kd_data
 from keras_semkd.data import pipeline,F401  (imports TF untimed)
 

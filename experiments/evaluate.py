@@ -21,7 +21,6 @@ from absl import app
 from absl import flags
 from absl import logging
 
-
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run_dir", None,
                     "A run directory (config.json, data.json, checkpoints/).")

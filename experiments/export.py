@@ -31,7 +31,6 @@ from absl import app
 from absl import flags
 from absl import logging
 
-
 FLAGS = flags.FLAGS
 flags.DEFINE_string("student", None, "Path of the student `.keras` file.")
 flags.DEFINE_string("run_dir", None,

@@ -16,7 +16,6 @@ import os
 from absl import app
 from absl import flags
 
-
 from keras_semkd import configs
 
 FLAGS = flags.FLAGS

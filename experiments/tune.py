@@ -28,7 +28,6 @@ from absl import app
 from absl import flags
 from absl import logging
 
-
 from keras_semkd import configs
 
 FLAGS = flags.FLAGS
@@ -133,12 +132,8 @@ def quick_teacher(recipe, path):
     the same carved split), saves its weights to `path` and returns it."""
     from keras_semkd import training
 
-    teacher_recipe = configs.Recipe(
-        name=f"{recipe.name}-teacher", student=recipe.teacher,
-        epochs=FLAGS.teacher_epochs,
-        optimizer=configs.OptimizerConfig(learning_rate=0.05, milestones=()),
-        data=recipe.data, num_classes=recipe.num_classes, seed=recipe.seed,
-    )
+    teacher_recipe = configs.recipes.quick_teacher_recipe(
+        recipe, FLAGS.teacher_epochs)
     logging.info("No --teacher_weights: training a quick %s teacher for %d "
                  "epoch(s) first.", recipe.teacher, FLAGS.teacher_epochs)
     result = training.train(teacher_recipe, verbose=FLAGS.verbose)
