@@ -29,15 +29,12 @@ NaN, with a lower learning rate) in a new run directory:
 import dataclasses
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from keras_semkd import configs  # noqa: E402
+from keras_semkd import configs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("recipe", "cpu_smoke", "Registered recipe name.")
@@ -239,14 +236,8 @@ def main(argv):
         strategy=strategy, resume_from=FLAGS.resume_from)
     with runner.lock():
         if quick_teacher and not os.path.exists(teacher_path):
-            teacher_recipe = configs.Recipe(
-                name=f"{recipe.name}-teacher", student=recipe.teacher,
-                epochs=FLAGS.teacher_epochs,
-                optimizer=configs.OptimizerConfig(learning_rate=0.05,
-                                                  milestones=()),
-                data=recipe.data, num_classes=recipe.num_classes,
-                seed=recipe.seed,
-            )
+            teacher_recipe = configs.recipes.quick_teacher_recipe(
+                recipe, FLAGS.teacher_epochs)
             logging.info("No --teacher_weights: training a quick %s teacher "
                          "for %d epoch(s) first.", recipe.teacher,
                          FLAGS.teacher_epochs)

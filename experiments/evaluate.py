@@ -16,13 +16,10 @@ all of train of a dataset without one has no validation data (refused).
 
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
 from absl import logging
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run_dir", None,

@@ -26,13 +26,10 @@ Examples:
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
 from absl import logging
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("student", None, "Path of the student `.keras` file.")

@@ -12,14 +12,11 @@ continues a run's last state with changed hyper-parameters.
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from keras_semkd import configs  # noqa: E402
+from keras_semkd import configs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("recipe", None, "A teacher recipe (teacher-<model>).")

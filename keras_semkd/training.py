@@ -107,10 +107,21 @@ def classifier_view(model):
     return keras.Model(model.inputs, logits, name=f"{model.name}_logits")
 
 
-def build_and_compile(recipe, teacher, train_info, optimizer):
+def build_and_compile(recipe, teacher, train_info, optimizer, student=None):
     """The compiled model a recipe trains, and its student: a `Distiller`
     when the recipe (or `teacher`) has a teacher, else the student's
-    single-output `classifier_view` with cross-entropy.
+    single-output `classifier_view` with cross-entropy. The one place a
+    recipe becomes a compiled model (`train`, `Runner`, the tuner's
+    `DistillHyperModel`).
+
+    Args:
+        recipe: the `Recipe`.
+        teacher: a built (trained) teacher, or `None` to build it from the
+            recipe (`teacher_weights`).
+        train_info: the training `DatasetInfo` (input shape, size).
+        optimizer: the optimizer to compile with.
+        student: an already built student (distillation only), or `None`
+            to build the recipe's.
 
     Returns:
         `(model, student)`.
@@ -123,11 +134,17 @@ def build_and_compile(recipe, teacher, train_info, optimizer):
                 "teacher_weights."
             )
         model = build.build_distiller(
-            recipe, teacher=teacher, input_shape=train_info.input_shape,
+            recipe, teacher=teacher, student=student,
+            input_shape=train_info.input_shape,
             num_train_examples=train_info.num_examples,
         )
         model.compile(optimizer=optimizer, metrics=_metrics())
         return model, model.student
+    if student is not None:
+        raise ValueError(
+            f"Recipe {recipe.name!r} trains its student alone: student= "
+            "is only for distillation (build the student from the recipe)."
+        )
     student = build.build_model(
         recipe.student, recipe.num_classes, recipe.optimizer.weight_decay,
         input_shape=train_info.input_shape,
@@ -1108,6 +1125,16 @@ class Runner:
                 self.best_top1 is None or top1 > self.best_top1)
             if improved:
                 self.best_top1 = top1
+            # Not keras.callbacks.CSVLogger / ModelCheckpoint: fit runs one
+            # epoch per call (a resumed epoch skips its done steps), and
+            # these files are written only after the epoch's state is
+            # checked finite above. CSVLogger would append its row at
+            # on_epoch_end (before that check; twice for an epoch resumed
+            # mid-way), fix its columns at its first epoch and miss the
+            # `seconds` / `learning_rate` added here and the rows carried
+            # over from a resumed run; ModelCheckpoint saves the model given
+            # to fit (the Distiller, not the student) and forgets its best
+            # value at every fit call.
             if self.chief:
                 self._write_csv()
                 self.student.save_weights(

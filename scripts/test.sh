@@ -9,6 +9,6 @@ export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 echo "== TensorFlow backend =="
 KERAS_BACKEND=tensorflow $PY -m pytest -q "$@"
 echo "== JAX backend =="
-KERAS_BACKEND=jax $PY -m pytest -q tests/layers tests/losses tests/models \
+KERAS_BACKEND=jax $PY -m pytest -q tests/utils tests/layers tests/losses tests/models \
   tests/distillers tests/configs/test_recipes.py \
   tests/data/test_numpy_pipeline.py "$@"

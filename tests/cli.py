@@ -1,66 +1,91 @@
-"""Runs an `experiments/` script's absl `main` in this process, exactly as
-its command line would (same flag parsing, same `main`), so a test sees the
-exception class it raises and pays no interpreter start-up per call.
+"""Runs an `experiments/` script as its command line would, in a fresh
+Python process (tests never import `experiments/`), and raises again, in
+the test, the exception its `main` ended with, so a test still sees the
+exception class and message it raised:
 
     out = cli("train_teacher.py", "--model=resnet8", "--epochs=1")
 
-The script's flags are removed again afterwards, so scripts defining the
-same flag names can run one after the other; global state a run changes
-(TF op determinism, the mixed-precision policy) is restored.
+A fresh process also leaves this one's global state (TF op determinism,
+the mixed-precision policy, absl flags) untouched.
 """
 
-import contextlib
-import importlib.util
-import io
+import builtins
+import importlib
 import os
+import re
+import subprocess
+import sys
 
-import keras
-from absl import flags
+from absl import app
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# The last line of a Python traceback: `package.module.ErrorClass: message`
+# (builtins unqualified).
+_TRACEBACK = "Traceback (most recent call last):\n"
+_RAISED = re.compile(r"^(?P<cls>[A-Za-z_][\w.]*): ?(?P<msg>.*)", re.S)
 
-def _determinism():
-    if keras.backend.backend() != "tensorflow":
-        return None
-    # Private, test-only: Runner enables op determinism process-wide.
-    from tensorflow.python.framework import config
 
-    return config
+class ScriptError(RuntimeError):
+    """A script failed without a traceback naming an importable class."""
+
+
+def _exception_class(qualified):
+    module, _, name = qualified.rpartition(".")
+    if not module:
+        found = getattr(builtins, name, None)
+    else:
+        try:
+            found = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            found = None
+    if isinstance(found, type) and issubclass(found, BaseException):
+        return found
+    return None
+
+
+def _raised(stderr):
+    """The exception a failed script's stderr reports, rebuilt."""
+    if _TRACEBACK in stderr:
+        tail = stderr.rsplit(_TRACEBACK, 1)[1]
+        lines = tail.split("\n")
+        # Frames are indented; the first line that is not ends them.
+        for i, line in enumerate(lines):
+            if line and not line.startswith(" "):
+                match = _RAISED.match("\n".join(lines[i:]).rstrip("\n"))
+                cls = match and _exception_class(match.group("cls"))
+                if cls is not None:
+                    return cls(match.group("msg"))
+                break
+    else:
+        # absl's `app.run` prints a `UsageError` after the usage text.
+        lines = [line for line in stderr.strip().split("\n") if line]
+        if lines:
+            return app.UsageError(lines[-1])
+    return ScriptError(stderr[-3000:])
 
 
 def cli(script, *args):
-    """Runs `python experiments/<script> <args>` in-process.
+    """Runs `python experiments/<script> <args>` in a subprocess.
 
     Returns:
         What the script printed to stdout.
 
     Raises:
-        Whatever the script's `main` raises (not a `SystemExit`).
+        The exception the script's `main` raised (rebuilt from the class
+        and message of its traceback; `app.UsageError` for a usage error).
     """
     path = os.path.join(ROOT, "experiments", script)
-    fv = flags.FLAGS
-    before = set(fv)
-    config = _determinism()
-    deterministic = config.is_op_determinism_enabled() if config else None
-    policy = keras.mixed_precision.global_policy().name
-    name = "_cli_" + os.path.splitext(script)[0]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    out = io.StringIO()
-    try:
-        spec.loader.exec_module(module)
-        argv = fv([path, *args])
-        with contextlib.redirect_stdout(out):
-            module.main(argv)
-    finally:
-        for flag in set(fv) - before:
-            delattr(fv, flag)
-        fv.unparse_flags()
-        if config is not None and not deterministic:
-            config.disable_op_determinism()
-        keras.mixed_precision.set_global_policy(policy)
-    return out.getvalue()
+    pythonpath = os.pathsep.join(
+        p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, PYTHONPATH=pythonpath,
+               TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL",
+                                                   "3"))
+    proc = subprocess.run([sys.executable, path, *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise _raised(proc.stderr)
+    return proc.stdout
 
 
 def snapshot(folder):

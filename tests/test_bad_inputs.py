@@ -1,5 +1,5 @@
-"""The bad-input battery of issue #11, through the public CLI (the scripts'
-absl `main`, in-process: `tests/cli.py`) and API, on tiny generated data.
+"""The bad-input battery of issue #11, through the public CLI (the scripts,
+one process per call: `tests/cli.py`) and API, on tiny generated data.
 
 Each case asserts what the input now gets -- the exact error class, raised
 before training, and that nothing was written or changed; or the correct

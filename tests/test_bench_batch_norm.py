@@ -1,4 +1,4 @@
-"""`experiments/bench_batch_norm.py` in its smallest size."""
+"""`benchmarks/bench_batch_norm.py` in its smallest size."""
 
 import json
 import os
@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_bench_batch_norm_smallest_run(tmp_path):
     out = tmp_path / "bn.json"
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "experiments",
+        [sys.executable, os.path.join(ROOT, "benchmarks",
                                       "bench_batch_norm.py"),
          "--pairs=resnet8:resnet8", "--steps=1", "--repeats=1",
          "--batch_size=8", f"--out={out}"],

@@ -1,8 +1,8 @@
 """The throughput benchmark's PyTorch reference and its smallest run.
 
 The reference is RepDistiller's CIFAR ResNet in PyTorch
-(`experiments/torch_reference.py`, needs `torch`, the `bench` extra); the
-benchmark (`experiments/bench_throughput.py`) is run as a subprocess on the
+(`benchmarks/torch_reference.py`, needs `torch`, the `bench` extra); the
+benchmark (`benchmarks/bench_throughput.py`) is run as a subprocess on the
 cheapest pair with a single Keras peer.
 """
 
@@ -19,13 +19,13 @@ import pytest
 from keras_semkd import models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXPERIMENTS = os.path.join(ROOT, "experiments")
+BENCHMARKS = os.path.join(ROOT, "benchmarks")
 
 
 def _torch_reference():
     pytest.importorskip("torch")
     spec = importlib.util.spec_from_file_location(
-        "torch_reference", os.path.join(EXPERIMENTS, "torch_reference.py"))
+        "torch_reference", os.path.join(BENCHMARKS, "torch_reference.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -64,7 +64,7 @@ def test_script_smallest_run_writes_json(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT,
                KERAS_BACKEND="tensorflow")
     proc = subprocess.run(
-        [sys.executable, os.path.join(EXPERIMENTS, "bench_throughput.py"),
+        [sys.executable, os.path.join(BENCHMARKS, "bench_throughput.py"),
          "--steps=2", "--warmup=1", "--repeats=1",
          "--pairs=resnet56:resnet20", "--peers=keras_kd", f"--out={out}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -90,13 +90,13 @@ def test_plot_from_saved_results(tmp_path):
     src.write_text(json.dumps(payload))
     png = tmp_path / "plot.png"
     proc = subprocess.run(
-        [sys.executable, os.path.join(EXPERIMENTS, "bench_throughput.py"),
+        [sys.executable, os.path.join(BENCHMARKS, "bench_throughput.py"),
          f"--plot_from={src}", f"--plot={png}"],
         capture_output=True, text=True, timeout=300,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert png.stat().st_size > 5000
     bad = subprocess.run(
-        [sys.executable, os.path.join(EXPERIMENTS, "bench_throughput.py"),
+        [sys.executable, os.path.join(BENCHMARKS, "bench_throughput.py"),
          f"--plot_from={src}"], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "--plot_from needs --plot" in bad.stderr

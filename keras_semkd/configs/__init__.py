@@ -1,6 +1,5 @@
 """Typed experiment configs and the registry of named recipes (no TF)."""
 
-from keras_semkd.configs.experiment import SELECTORS
 from keras_semkd.configs.experiment import DataConfig
 from keras_semkd.configs.experiment import OptimizerConfig
 from keras_semkd.configs.experiment import Recipe

@@ -17,6 +17,9 @@ method declaration fits every teacher/student pair:
 - `"@hint"`: RepDistiller's FitNet hint (`feat[2]`, our `"stage2"`);
 - `"@stages_preact"` / `"@last_stage_preact"`: the pre-activation variants
   where a model has them (falling back to the post-activation map).
+
+`keras_semkd.distillers.selectors` resolves them (and lists them as
+`SELECTORS`).
 """
 
 import dataclasses
@@ -25,15 +28,6 @@ import math
 import numbers
 import typing
 from typing import Any, Mapping, Optional, Tuple
-
-SELECTORS = (
-    "@stages",
-    "@last_stage",
-    "@hint",
-    "@stages_preact",
-    "@last_stage_preact",
-)
-
 
 def _kind(hint):
     """A readable name of a field's declared type."""

@@ -97,6 +97,17 @@ def make_recipe(teacher, student, method, **overrides):
     return Recipe(**fields)
 
 
+def quick_teacher_recipe(recipe, epochs):
+    """The recipe of a quick teacher for `recipe` (its teacher trained
+    alone for `epochs` epochs on the same data, classes and seed, SGD 0.05
+    without decay), used by the scripts when no teacher weights are given."""
+    return Recipe(
+        name=f"{recipe.name}-teacher", student=recipe.teacher, epochs=epochs,
+        optimizer=OptimizerConfig(learning_rate=0.05, milestones=()),
+        data=recipe.data, num_classes=recipe.num_classes, seed=recipe.seed,
+    )
+
+
 def get(name):
     """Returns the recipe registered as `name` (built lazily, so methods
     declared after import are included)."""

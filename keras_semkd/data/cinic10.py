@@ -21,10 +21,7 @@ from keras_semkd.data import image_folder
 from keras_semkd.data import paths
 from keras_semkd.data.arrays import LabeledImages
 
-CINIC10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
-)
+CINIC10_CLASSES = paths.CINIC10_CLASSES
 CINIC10_SPLIT_SIZE = 90000
 CINIC10_PER_CLASS = CINIC10_SPLIT_SIZE // len(CINIC10_CLASSES)
 TFDS_NAME = "cinic10"

@@ -29,7 +29,7 @@ import os
 
 import tensorflow_datasets as tfds
 
-from keras_semkd.data.cinic10 import CINIC10_CLASSES
+from keras_semkd.data.paths import CINIC10_CLASSES
 from keras_semkd.data.image_folder import decode_image
 from keras_semkd.data.image_folder import scan_image_folder
 

@@ -1,4 +1,5 @@
-"""Where datasets are looked for when no `data_dir` is given.
+"""Where datasets are looked for when no `data_dir` is given, and how a
+copy looks on disk (folder names; CINIC-10's class folders).
 
 No machine path is written in code.  The default data root is, in order:
 
@@ -21,6 +22,12 @@ DATA_ENV_VAR = "KERAS_SEMKD_DATA"
 CIFAR100_FOLDER = "cifar-100-python"
 CIFAR100_ARCHIVE = "cifar-100-python.tar.gz"
 CINIC10_FOLDERS = ("CINIC-10", "cinic-10", "cinic10")
+# CINIC-10's class folders (and label order), shared by the folder loader
+# (`cinic10.py`) and the tfds builder (`cinic10_builder.py`).
+CINIC10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+)
 
 _PACKAGE_DIR = pathlib.Path(__file__).resolve().parent.parent  # keras_semkd/
 _REPO_DIR = _PACKAGE_DIR.parent

@@ -1,11 +1,11 @@
 """Turns declared recipes into models and a `Distiller`.
 
-Resolves the feature selectors of `keras_semkd.configs.experiment` against
-the stage features of the concrete teacher and student, so one method
-declaration fits every pair of the model zoo.
+Resolves the feature selectors of the declared terms (`configs.Term`s or
+dicts; this module does not import `configs/`) against the stage features
+of the concrete teacher and student, so one method declaration fits every
+pair of the model zoo.
 """
 
-import inspect
 import io
 import os
 import zipfile
@@ -14,14 +14,14 @@ import keras
 
 from keras_semkd import losses as losses_lib
 from keras_semkd import models as zoo
-from keras_semkd.configs import experiment
 from keras_semkd.distillers import selectors
 from keras_semkd.distillers.distiller import Distiller
 
 
 def _accepts(name, arg):
-    cls = losses_lib.LOSSES.get(name)
-    return arg in inspect.signature(cls.__init__).parameters
+    """Whether the loss registered as `name` declares the run-level value
+    `arg` (`DistillationLoss.run_values`)."""
+    return arg in losses_lib.LOSSES.get(name).run_values
 
 
 def resolve_terms(terms, teacher, student, weight_decay=None,
@@ -35,15 +35,18 @@ def resolve_terms(terms, teacher, student, weight_decay=None,
         terms: `Term`s or term dicts.
         teacher, student: the built models.
         weight_decay: the protocol's coupled weight decay, given to terms
-            with learned parts (those accepting `weight_decay`) that do not
-            set it (RepDistiller's SGD decays them with the student).
+            with learned parts (those declaring `"weight_decay"` in their
+            `run_values`) that do not set it (RepDistiller's SGD decays them
+            with the student).
         num_train_examples: the training-set size, given as `num_data` to
-            memory-bank terms (CRD) that do not set it.
+            memory-bank terms (CRD: `"num_data"` in `run_values`) that do
+            not set it.
     """
     resolved = []
     for term in terms:
-        term = dict(term.to_dict() if isinstance(term, experiment.Term)
-                    else term)
+        # A `configs.Term` (or anything with `to_dict`) or a plain dict:
+        # distillers/ does not import configs/ (../shared/STYLE.md).
+        term = dict(term.to_dict() if hasattr(term, "to_dict") else term)
         name = term["name"]
         if (weight_decay is not None and "weight_decay" not in term
                 and _accepts(name, "weight_decay")):

@@ -21,13 +21,27 @@ batch) are scaled the same way.
 
 import keras
 from keras import ops
-from keras import tree
-from keras.src.losses.loss import scale_loss_for_distribution
-from keras.src.trainers.data_adapters import data_adapter_utils
 
 from keras_semkd.distillers import selectors
 from keras_semkd.distillers import taps
 from keras_semkd.losses import base as losses_base
+
+
+def _backend_steps():
+    """The module with the train/test steps of the running backend."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        from keras_semkd.distillers import tf_steps
+
+        return tf_steps
+    if backend == "jax":
+        from keras_semkd.distillers import jax_steps
+
+        return jax_steps
+    raise NotImplementedError(
+        "Distiller supports the 'tensorflow' and 'jax' backends. "
+        f"Received: backend={backend!r}"
+    )
 
 
 def _check_model(model, role):
@@ -403,27 +417,15 @@ class Distiller(keras.Model):
             )
         return self.compute_metrics(x, y, logits, sample_weight)
 
-    # -- steps -------------------------------------------------------------
+    # -- steps: one module a backend (tf_steps.py, jax_steps.py) ----------
     def train_step(self, *args):
-        if keras.backend.backend() == "jax":
-            return self._jax_train_step(*args)
-        if keras.backend.backend() == "tensorflow":
-            return self._tf_train_step(*args)
-        raise NotImplementedError(
-            "Distiller supports the 'tensorflow' and 'jax' backends. "
-            f"Received: backend={keras.backend.backend()!r}"
-        )
+        return _backend_steps().train_step(self, *args)
 
     def test_step(self, *args):
         if keras.backend.backend() == "jax":
-            logs, state = self._jax_test_step(*args)
+            logs, state = _backend_steps().test_step(self, *args)
             return self._test_logs(logs), state
-        if keras.backend.backend() == "tensorflow":
-            return self._test_logs(self._tf_test_step(*args))
-        raise NotImplementedError(
-            "Distiller supports the 'tensorflow' and 'jax' backends. "
-            f"Received: backend={keras.backend.backend()!r}"
-        )
+        return self._test_logs(_backend_steps().test_step(self, *args))
 
     def _test_logs(self, logs):
         if self.validate_terms:
@@ -431,117 +433,6 @@ class Distiller(keras.Model):
         # The term trackers are not updated without the teacher: not logged.
         return {k: v for k, v in logs.items()
                 if not k.startswith("distill/")}
-
-    def _tf_train_step(self, data):
-        import tensorflow as tf
-
-        x, y, sw = data_adapter_utils.unpack_x_y_sample_weight(data)
-        teacher_out = self.teacher_view(x, training=False)
-        teacher_out = tree.map_structure(tf.stop_gradient, teacher_out)
-        with tf.GradientTape() as tape:
-            student_out = self.student_view(x, training=True)
-            loss, values = self.compute_distillation_loss(
-                teacher_out, student_out, y, sw, training=True
-            )
-            scaled = scale_loss_for_distribution(loss)
-            if self.optimizer is not None:
-                scaled = self.optimizer.scale_loss(scaled)
-        variables = self.trainable_variables
-        grads = tape.gradient(scaled, variables)
-        self.optimizer.apply(grads, variables)
-        return self._update_trackers(
-            loss, values, x, y, student_out[self.logits_key], sw
-        )
-
-    def _tf_test_step(self, data):
-        x, y, sw = data_adapter_utils.unpack_x_y_sample_weight(data)
-        teacher_out = (self.teacher_view(x, training=False)
-                       if self.validate_terms else None)
-        student_out = self.student_view(x, training=False)
-        loss, values = self.compute_distillation_loss(
-            teacher_out, student_out, y, sw, training=False
-        )
-        return self._update_trackers(
-            loss, values, x, y, student_out[self.logits_key], sw
-        )
-
-    def _jax_teacher(self, non_trainable, x):
-        import jax
-
-        mapping = list(zip(self.non_trainable_variables, non_trainable))
-        with keras.StatelessScope(state_mapping=mapping):
-            out = self.teacher_view(x, training=False)
-        return jax.tree_util.tree_map(jax.lax.stop_gradient, out)
-
-    def _jax_loss(self, trainable, non_trainable, teacher_out, x, y, sw,
-                  training, optimizer_variables=None):
-        mapping = list(zip(self.trainable_variables, trainable))
-        mapping.extend(zip(self.non_trainable_variables, non_trainable))
-        with keras.StatelessScope(state_mapping=mapping) as scope:
-            student_out = self.student_view(x, training=training)
-            loss, values = self.compute_distillation_loss(
-                teacher_out, student_out, y, sw, training=training
-            )
-        new_non_trainable = []
-        for ref, old in zip(self.non_trainable_variables, non_trainable):
-            new = scope.get_current_value(ref)
-            new_non_trainable.append(old if new is None else new)
-        scaled = loss
-        if training and self.optimizer is not None:
-            opt_map = list(zip(self.optimizer.variables, optimizer_variables))
-            with keras.StatelessScope(state_mapping=opt_map):
-                scaled = self.optimizer.scale_loss(loss)
-        aux = (loss, values, student_out[self.logits_key], new_non_trainable)
-        return scaled, aux
-
-    def _jax_metrics(self, metrics_variables, loss, values, x, y, logits,
-                     sw):
-        mapping = list(zip(self.metrics_variables, metrics_variables))
-        with keras.StatelessScope(state_mapping=mapping) as scope:
-            logs = self._update_trackers(loss, values, x, y, logits, sw)
-        new = []
-        for ref in self.metrics_variables:
-            v = scope.get_current_value(ref)
-            new.append(ref.value if v is None else v)
-        return logs, new
-
-    def _jax_train_step(self, state, data):
-        import jax
-
-        trainable, non_trainable, optimizer_variables, metrics_variables = (
-            state
-        )
-        x, y, sw = data_adapter_utils.unpack_x_y_sample_weight(data)
-        teacher_out = self._jax_teacher(non_trainable, x)
-        grad_fn = jax.value_and_grad(self._jax_loss, has_aux=True)
-        (_, aux), grads = grad_fn(
-            trainable, non_trainable, teacher_out, x, y, sw, True,
-            optimizer_variables,
-        )
-        loss, values, logits, non_trainable = aux
-        trainable, optimizer_variables = self.optimizer.stateless_apply(
-            optimizer_variables, grads, trainable
-        )
-        logs, metrics_variables = self._jax_metrics(
-            metrics_variables, loss, values, x, y, logits, sw
-        )
-        return logs, (
-            trainable, non_trainable, optimizer_variables, metrics_variables
-        )
-
-    def _jax_test_step(self, state, data):
-        trainable, non_trainable, metrics_variables = state
-        x, y, sw = data_adapter_utils.unpack_x_y_sample_weight(data)
-        teacher_out = (self._jax_teacher(non_trainable, x)
-                       if self.validate_terms else None)
-        _, aux = self._jax_loss(
-            trainable, non_trainable, teacher_out, x, y, sw, False
-        )
-        loss, values, logits, non_trainable = aux
-        logs, metrics_variables = self._jax_metrics(
-            metrics_variables, loss, values, x, y, logits, sw
-        )
-        return logs, (trainable, non_trainable, metrics_variables)
 
     # -- input checks, before the first step -------------------------------
     def check_data(self, x, y=None, require_indices=True):

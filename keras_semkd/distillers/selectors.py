@@ -1,11 +1,19 @@
 """Feature selectors (`"@stages"`, `"@hint"`, ...) resolved against the
 named outputs of a teacher and a student (zoo models or tapped views).
 
-See `keras_semkd.configs.experiment` for what each selector means.
+See `keras_semkd.configs.experiment` for what each selector means (this
+module does not import `configs/`: the arrow points the other way).
 """
 
 from keras_semkd import models as zoo
-from keras_semkd.configs import experiment
+
+SELECTORS = (
+    "@stages",
+    "@last_stage",
+    "@hint",
+    "@stages_preact",
+    "@last_stage_preact",
+)
 
 
 def _stage_keys(model, preact=False):
@@ -36,7 +44,7 @@ def select(selector, model):
     if selector.startswith("@"):
         raise ValueError(
             f"Unknown feature selector {selector!r}. Known selectors: "
-            f"{', '.join(experiment.SELECTORS)}"
+            f"{', '.join(SELECTORS)}"
         )
     if selector not in outputs:
         raise ValueError(

@@ -54,6 +54,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_semkd.utils.numerics import adaptive_average_pool
+
 MODES = ("spatial", "channel", "grouped")
 TOKEN_NORMS = ("position", "map")
 _EPSILON = 1e-12  # on squared norms
@@ -74,42 +76,6 @@ def _normalize_grid(grid):
             f"positive integers. Received: grid={grid!r}"
         )
     return value
-
-
-def adaptive_pool_matrix(size, bins):
-    """`(bins, size)` float32 matrix of PyTorch's adaptive average pooling.
-
-    Row `i` averages the input indices `floor(i·size/bins) ≤ j <
-    ceil((i+1)·size/bins)`; every row sums to one.
-    """
-    matrix = np.zeros((bins, size), dtype="float32")
-    for i in range(bins):
-        start = (i * size) // bins
-        end = -(-((i + 1) * size) // bins)  # ceil
-        matrix[i, start:end] = 1.0 / (end - start)
-    return matrix
-
-
-def adaptive_average_pool(x, grid):
-    """Pools a static-size `(B, H, W, C)` map to `(B, g_h, g_w, C)`.
-
-    When `H`, `W` are multiples of the grid the bins are disjoint blocks and
-    this is a plain average pooling (`ops.average_pool`, several times
-    faster on CPU than a reshape and a mean); otherwise separable pooling
-    matrices apply the same rule.
-    """
-    _, height, width, _ = x.shape
-    gh, gw = grid
-    if (height, width) == (gh, gw):
-        return x
-    if height % gh == 0 and width % gw == 0:
-        window = (height // gh, width // gw)
-        return ops.average_pool(x, window, strides=window, padding="valid",
-                                data_format="channels_last")
-    ph = ops.convert_to_tensor(adaptive_pool_matrix(height, gh))
-    pw = ops.convert_to_tensor(adaptive_pool_matrix(width, gw))
-    x = ops.einsum("ih,bhwc->biwc", ph, x)
-    return ops.einsum("jw,biwc->bijc", pw, x)
 
 
 def _l2_normalize(x, axis):

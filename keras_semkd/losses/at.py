@@ -1,103 +1,14 @@
-"""Attention transfer (Zagoruyko & Komodakis, 2017).
+"""Attention transfer (Zagoruyko & Komodakis, 2017)."""
 
-Also home of the small feature helpers that RepDistiller's AT, VID and NST
-share: PyTorch-exact adaptive average pooling (used to bring two maps to the
-same spatial size) and `F.normalize`-style L2 normalization.
-"""
-
-import math
-
-import numpy as np
 from keras import ops
 
+from keras_semkd.losses.base import STAGE_KEYS
 from keras_semkd.losses.base import DistillationLoss
+from keras_semkd.losses.base import check_feature_maps
 from keras_semkd.losses.base import register_loss
-
-STAGE_KEYS = ("stage1", "stage2", "stage3")
-
-
-# ---------------------------------------------------------------------------
-# Shared helpers (channels-last, keras.ops only)
-# ---------------------------------------------------------------------------
-
-
-def _pool_matrix(in_size, out_size):
-    """`(out_size, in_size)` averaging matrix of PyTorch's adaptive pooling:
-    output cell `i` averages inputs `floor(i·n/m) .. ceil((i+1)·n/m) - 1`."""
-    mat = np.zeros((out_size, in_size), dtype="float32")
-    for i in range(out_size):
-        start = (i * in_size) // out_size
-        end = -((-(i + 1) * in_size) // out_size)
-        mat[i, start:end] = 1.0 / (end - start)
-    return mat
-
-
-def adaptive_avg_pool2d(x, output_size):
-    """PyTorch's `F.adaptive_avg_pool2d` for a channels-last `(B, H, W, C)`
-    map with static `H, W`; `output_size` is `(h, w)` with `h <= H`,
-    `w <= W` (any ratio, divisible or not)."""
-    height, width = int(x.shape[1]), int(x.shape[2])
-    out_h, out_w = (int(v) for v in output_size)
-    if not (1 <= out_h <= height and 1 <= out_w <= width):
-        raise ValueError(
-            "adaptive_avg_pool2d only shrinks a map. Received: input size "
-            f"{(height, width)}, output_size={(out_h, out_w)}"
-        )
-    x = ops.cast(x, "float32")
-    if out_h != height:
-        x = ops.einsum("ih,bhwc->biwc", _pool_matrix(height, out_h), x)
-    if out_w != width:
-        x = ops.einsum("jw,biwc->bijc", _pool_matrix(width, out_w), x)
-    return x
-
-
-def match_spatial_size(f_s, f_t):
-    """Pools the larger of two `(B, H, W, C)` maps down to the smaller's
-    `H × W` by adaptive average pooling (RepDistiller's rule for AT, VID and
-    NST, applied per axis so non-square maps work too)."""
-    size = (
-        min(int(f_s.shape[1]), int(f_t.shape[1])),
-        min(int(f_s.shape[2]), int(f_t.shape[2])),
-    )
-    if tuple(f_s.shape[1:3]) != size:
-        f_s = adaptive_avg_pool2d(f_s, size)
-    if tuple(f_t.shape[1:3]) != size:
-        f_t = adaptive_avg_pool2d(f_t, size)
-    return f_s, f_t
-
-
-def l2_normalize(x, axis=-1, eps=1e-12):
-    """PyTorch's `F.normalize(x, dim=axis, eps=eps)`: `x / max(‖x‖₂, eps)`.
-
-    Written as `x / sqrt(max(Σx², eps²))`, which has the same value and a
-    finite (zero) gradient at `x = 0`, where `sqrt` alone would give NaN.
-    """
-    sq = ops.sum(ops.square(x), axis=axis, keepdims=True)
-    return x / ops.sqrt(ops.maximum(sq, eps * eps))
-
-
-def flatten_features(x):
-    """`(B, ...) -> (B, prod(...))` (`x.view(B, -1)`), in float32."""
-    x = ops.cast(x, "float32")
-    dim = math.prod(int(d) for d in x.shape[1:])
-    return ops.reshape(x, (-1, dim))
-
-
-def check_feature_maps(loss, teacher_shapes, student_shapes):
-    """Raises `ValueError` unless every key of `loss` is a 4-D
-    `(batch, H, W, C)` feature map."""
-    for side, keys, shapes in (
-        ("teacher", loss.teacher_keys, teacher_shapes),
-        ("student", loss.student_keys, student_shapes),
-    ):
-        for key in keys:
-            shape = tuple(shapes[key])
-            if len(shape) != 4 or any(d is None for d in shape[1:]):
-                raise ValueError(
-                    f"{type(loss).__name__} reads (batch, H, W, C) feature "
-                    f"maps with static H, W, C. Received: {side} output "
-                    f"{key!r} of shape {shape}"
-                )
+from keras_semkd.utils.numerics import flatten_features
+from keras_semkd.utils.numerics import l2_normalize
+from keras_semkd.utils.numerics import match_spatial_size
 
 
 # ---------------------------------------------------------------------------

@@ -21,8 +21,14 @@ mixed precision policy: softmax, log-softmax and KL terms stay in float32.
 import keras
 
 from keras_semkd.registry import Registry
+from keras_semkd.utils.numerics import check_warmup_epochs
+from keras_semkd.utils.numerics import linear_warmup
 
 LOSSES = Registry("distillation loss")
+
+#: The default feature keys of the methods that pair stage maps (AT, NST,
+#: VID): the three stages of the CIFAR ResNets/WRNs.
+STAGE_KEYS = ("stage1", "stage2", "stage3")
 
 
 def register_loss(name):
@@ -97,6 +103,13 @@ class DistillationLoss(keras.layers.Layer):
     #: bank) set this True; the data must then yield labels as a dict
     #: `{"label": ..., "index": ...}`.
     needs_indices = False
+    #: Run-level values this loss takes from the run when its term does not
+    #: set them, each a constructor argument of the same name:
+    #: `"weight_decay"` (the protocol's coupled weight decay, for learned
+    #: parts that RepDistiller's SGD decays with the student) and
+    #: `"num_data"` (the training-set size, for memory banks). Declared,
+    #: never guessed from the signature (`distillers.build.resolve_terms`).
+    run_values = ()
 
     def __init__(self, teacher_keys=("logits",), student_keys=None, **kwargs):
         kwargs["dtype"] = "float32"
@@ -220,3 +233,97 @@ class DistillationLoss(keras.layers.Layer):
             }
         )
         return config
+
+
+class EpochWarmup:
+    """Mixin of the losses with mdistiller's linear epoch warm-up (DKD,
+    ReviewKD): the loss is scaled by `linear_warmup(epoch, warmup_epochs)`.
+
+    The train step is compiled, so the epoch lives in a non-trainable
+    float32 variable named `"epoch"`, which the `Distiller` sets through
+    `set_epoch` at the start of every epoch. Call `init_warmup` in
+    `__init__` (after `super().__init__`).
+    """
+
+    def init_warmup(self, warmup_epochs):
+        self.warmup_epochs = check_warmup_epochs(warmup_epochs)
+        self.epoch = self.add_weight(
+            name="epoch", shape=(), initializer="zeros", trainable=False,
+            dtype="float32",
+        )
+
+    def set_epoch(self, epoch):
+        self.epoch.assign(float(epoch))
+
+    def warmup_factor(self):
+        """The current warm-up factor `min((epoch + 1) / warmup, 1)` (a
+        float32 scalar tensor)."""
+        return linear_warmup(self.epoch, self.warmup_epochs)
+
+
+# ---------------------------------------------------------------------------
+# Helpers of the loss classes (checks and building)
+# ---------------------------------------------------------------------------
+
+
+def check_feature_maps(loss, teacher_shapes, student_shapes):
+    """Raises `ValueError` unless every key of `loss` is a 4-D
+    `(batch, H, W, C)` feature map."""
+    for side, keys, shapes in (
+        ("teacher", loss.teacher_keys, teacher_shapes),
+        ("student", loss.student_keys, student_shapes),
+    ):
+        for key in keys:
+            shape = tuple(shapes[key])
+            if len(shape) != 4 or any(d is None for d in shape[1:]):
+                raise ValueError(
+                    f"{type(loss).__name__} reads (batch, H, W, C) feature "
+                    f"maps with static H, W, C. Received: {side} output "
+                    f"{key!r} of shape {shape}"
+                )
+
+
+def pair_specs(loss, teacher_shapes, student_shapes):
+    """The (teacher shape, student shape) of each key pair, batch dropped."""
+    return tuple(
+        (tuple(teacher_shapes[t][1:]), tuple(student_shapes[s][1:]))
+        for t, s in zip(loss.teacher_keys, loss.student_keys)
+    )
+
+
+def build_pair_regressors(loss, teacher_shapes, student_shapes, make):
+    """Builds `loss.regressors`, one learned layer a key pair (FitNet's
+    `ConvReg`, VID's regressor), named under the loss; a no-op when they
+    exist for the same shapes (raises for other shapes).
+
+    Args:
+        loss: the loss (its `check_specs` runs first).
+        teacher_shapes, student_shapes: as `build_from_specs`.
+        make: `make(i, teacher_shape, student_shape)` -> the built layer of
+            pair `i` (shapes without the batch axis).
+    """
+    loss.check_specs(teacher_shapes, student_shapes)
+    specs = pair_specs(loss, teacher_shapes, student_shapes)
+    if already_built_for(loss, loss.regressors, specs):
+        return
+    regressors = []
+    with keras.name_scope(loss.name):
+        for i, (t_shape, s_shape) in enumerate(specs):
+            regressors.append(make(i, t_shape, s_shape))
+    loss.regressors = regressors
+    loss._built_specs = specs
+    loss.built = True
+
+
+def already_built_for(loss, parts, specs):
+    """True when `loss` already built its learned `parts` for `specs`;
+    raises if it was built for another model pair."""
+    if not parts:
+        return False
+    if specs != loss._built_specs:
+        raise ValueError(
+            f"Loss {loss.name!r} was built for {loss._built_specs} "
+            f"and cannot be rebuilt for {specs}; create a new "
+            "loss instance for another model pair."
+        )
+    return True

@@ -6,14 +6,15 @@ import keras
 from keras import layers
 from keras import ops
 
-from keras_semkd.losses.at import flatten_features
 from keras_semkd.losses.base import DistillationLoss
+from keras_semkd.losses.base import already_built_for
+from keras_semkd.losses.base import pair_specs
 from keras_semkd.losses.base import register_loss
-from keras_semkd.losses.fitnet import check_weight_decay
-from keras_semkd.losses.fitnet import pair_specs
-from keras_semkd.losses.fitnet import torch_bias_initializer
-from keras_semkd.losses.fitnet import torch_kernel_initializer
-from keras_semkd.losses.fitnet import weight_decay_regularizer
+from keras_semkd.utils.numerics import check_weight_decay
+from keras_semkd.utils.numerics import flatten_features
+from keras_semkd.utils.numerics import torch_default_bias
+from keras_semkd.utils.numerics import torch_default_kernel
+from keras_semkd.utils.numerics import weight_decay_regularizer
 
 
 def cc_loss(teacher_embedded, student_embedded):
@@ -69,6 +70,8 @@ class CCLoss(DistillationLoss):
             `"embedding"`); maps are flattened first.
     """
 
+    run_values = ("weight_decay",)
+
     reduction = "batch"
 
     def __init__(self, feat_dim=128, weight_decay=0.0,
@@ -108,8 +111,8 @@ class CCLoss(DistillationLoss):
         reg = weight_decay_regularizer(self.weight_decay)
         dense = layers.Dense(
             self.feat_dim,
-            kernel_initializer=torch_kernel_initializer(),
-            bias_initializer=torch_bias_initializer(dim_in),
+            kernel_initializer=torch_default_kernel(),
+            bias_initializer=torch_default_bias(dim_in),
             kernel_regularizer=reg, bias_regularizer=reg,
             dtype=self.dtype_policy, name=name,
         )
@@ -119,13 +122,7 @@ class CCLoss(DistillationLoss):
     def build_from_specs(self, teacher_shapes, student_shapes):
         self.check_specs(teacher_shapes, student_shapes)
         specs = pair_specs(self, teacher_shapes, student_shapes)
-        if self.embed_t is not None:
-            if specs != self._built_specs:
-                raise ValueError(
-                    f"Loss {self.name!r} was built for {self._built_specs} "
-                    f"and cannot be rebuilt for {specs}; create a new "
-                    "loss instance for another model pair."
-                )
+        if already_built_for(self, self.embed_t, specs):
             return
         t_shape, s_shape = specs[0]
         with keras.name_scope(self.name):

@@ -8,6 +8,10 @@ from keras import ops
 
 from keras_semkd.losses.base import DistillationLoss
 from keras_semkd.losses.base import register_loss
+from keras_semkd.utils.numerics import check_weight_decay
+from keras_semkd.utils.numerics import l2_normalize
+from keras_semkd.utils.numerics import torch_default_bias
+from keras_semkd.utils.numerics import weight_decay_regularizer
 
 # RepDistiller's `eps` in `ContrastLoss`.
 _NCE_EPS = 1e-7
@@ -16,14 +20,6 @@ _NCE_EPS = 1e-7
 # ---------------------------------------------------------------------------
 # Pure functions
 # ---------------------------------------------------------------------------
-
-
-def l2_normalize(x):
-    """RepDistiller's `Normalize(2)`: `x / ‖x‖₂` along the last axis (with a
-    1e-12 floor on the norm so that a zero vector gives 0, not NaN)."""
-    norm = ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=-1,
-                                        keepdims=True), 1e-24))
-    return x / norm
 
 
 def crd_sample_negatives(positive, num_data, num_negatives, seed=None):
@@ -174,21 +170,6 @@ def crd_loss(student_embed, teacher_embed, student_bank, teacher_bank,
             + crd_nce_loss(out_t / z_teacher, num_data))
 
 
-def _l2(weight_decay):
-    """Coupled L2 with PyTorch SGD's `weight_decay` gradient (as the model
-    zoo): `L2(weight_decay / 2)`, or None when 0."""
-    return keras.regularizers.L2(weight_decay / 2.0) if weight_decay else None
-
-
-def _torch_linear_initializers(fan_in, seed=None):
-    """PyTorch `nn.Linear`'s default init: U(±1/√fan_in), kernel and bias."""
-    bound = 1.0 / math.sqrt(fan_in)
-    return (
-        keras.initializers.RandomUniform(-bound, bound, seed=seed),
-        keras.initializers.RandomUniform(-bound, bound, seed=seed),
-    )
-
-
 # ---------------------------------------------------------------------------
 # Loss layer
 # ---------------------------------------------------------------------------
@@ -257,6 +238,7 @@ class CRDLoss(DistillationLoss):
     """
 
     needs_indices = True
+    run_values = ("num_data", "weight_decay")
 
     def __init__(self, num_data, feat_dim=128, nce_k=16384, nce_t=0.07,
                  momentum=0.5, seed=None, weight_decay=0.0,
@@ -284,18 +266,13 @@ class CRDLoss(DistillationLoss):
             raise ValueError(
                 f"momentum must lie in [0, 1). Received: momentum={momentum}"
             )
-        if not weight_decay >= 0:
-            raise ValueError(
-                "weight_decay must be >= 0. "
-                f"Received: weight_decay={weight_decay}"
-            )
         self.num_data = int(num_data)
         self.feat_dim = int(feat_dim)
         self.nce_k = int(nce_k)
         self.nce_t = float(nce_t)
         self.momentum = float(momentum)
         self.seed = seed
-        self.weight_decay = float(weight_decay)
+        self.weight_decay = check_weight_decay(weight_decay)
         self.seed_generator = keras.random.SeedGenerator(seed)
         # Scoring all bank rows beats gathering B·(K+1) rows unless the
         # bank is much larger than K (e.g. ImageNet-size banks).
@@ -321,9 +298,13 @@ class CRDLoss(DistillationLoss):
             student_shapes[self.student_keys[0]][1:]))
         self.teacher_dim = int(math.prod(
             teacher_shapes[self.teacher_keys[0]][1:]))
-        k_s, b_s = _torch_linear_initializers(self.student_dim)
-        k_t, b_t = _torch_linear_initializers(self.teacher_dim)
-        reg = _l2(self.weight_decay)
+        # PyTorch `nn.Linear`'s default init, U(±1/√fan_in), for the
+        # kernels and the biases.
+        k_s = torch_default_bias(self.student_dim)
+        b_s = torch_default_bias(self.student_dim)
+        k_t = torch_default_bias(self.teacher_dim)
+        b_t = torch_default_bias(self.teacher_dim)
+        reg = weight_decay_regularizer(self.weight_decay)
         # Sub-layer variables are named under this loss ("crd/...").
         with keras.name_scope(self.name):
             self.embed_student = keras.layers.Dense(

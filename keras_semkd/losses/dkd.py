@@ -1,10 +1,9 @@
 """Decoupled knowledge distillation, DKD (Zhao et al., CVPR 2022)."""
 
-import numbers
-
 from keras import ops
 
 from keras_semkd.losses.base import DistillationLoss
+from keras_semkd.losses.base import EpochWarmup
 from keras_semkd.losses.base import register_loss
 
 # mdistiller removes the target class from the softmax by subtracting this
@@ -70,25 +69,8 @@ def dkd_loss(teacher_logits, student_logits, labels, alpha=1.0, beta=8.0,
     return (alpha * tckd + beta * nckd) * (temperature**2)
 
 
-def linear_warmup(epoch, warmup_epochs):
-    """mdistiller's warm-up factor `min(e / warmup, 1)` for the 0-based
-    Keras `epoch` (mdistiller counts epochs from 1, so `e = epoch + 1`).
-
-    Args:
-        epoch: float32 scalar tensor (or number), the 0-based epoch.
-        warmup_epochs: Python int >= 0; 0 means no warm-up (factor 1).
-
-    Returns:
-        float32 scalar tensor in `(0, 1]`.
-    """
-    epoch = ops.cast(epoch, "float32")
-    if warmup_epochs <= 0:
-        return ops.ones_like(epoch)
-    return ops.minimum((epoch + 1.0) / float(warmup_epochs), 1.0)
-
-
 @register_loss("dkd")
-class DKDLoss(DistillationLoss):
+class DKDLoss(EpochWarmup, DistillationLoss):
     """Decoupled knowledge distillation on logits.
 
     `L_DKD = w(e) · T² · [α · KL(b_t ‖ b_s) + β · KL(p̂_t ‖ p̂_s)]`
@@ -138,21 +120,10 @@ class DKDLoss(DistillationLoss):
                 raise ValueError(
                     f"{arg} must be >= 0. Received: {arg}={value}"
                 )
-        if not (isinstance(warmup_epochs, numbers.Integral)
-                and warmup_epochs >= 0):
-            raise ValueError(
-                "warmup_epochs must be an integer >= 0. "
-                f"Received: warmup_epochs={warmup_epochs!r}"
-            )
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.temperature = float(temperature)
-        self.warmup_epochs = int(warmup_epochs)
-        # The train step is compiled: the epoch lives in a variable.
-        self.epoch = self.add_weight(
-            name="epoch", shape=(), initializer="zeros", trainable=False,
-            dtype="float32",
-        )
+        self.init_warmup(warmup_epochs)
 
     def check_specs(self, teacher_shapes, student_shapes):
         super().check_specs(teacher_shapes, student_shapes)
@@ -165,13 +136,6 @@ class DKDLoss(DistillationLoss):
                 f"{self.teacher_keys[0]} shape {tuple(t)}, student "
                 f"{self.student_keys[0]} shape {tuple(s)}"
             )
-
-    def set_epoch(self, epoch):
-        self.epoch.assign(float(epoch))
-
-    def warmup_factor(self):
-        """The current warm-up factor (a float32 scalar tensor)."""
-        return linear_warmup(self.epoch, self.warmup_epochs)
 
     def compute(self, teacher, student, labels=None, training=False,
                 indices=None):

@@ -1,55 +1,19 @@
 """FitNet hints (Romero et al., 2015) through RepDistiller's `ConvReg`."""
 
-import math
-import numbers
-
 import keras
 from keras import layers
 from keras import ops
 
-from keras_semkd.losses.at import check_feature_maps
 from keras_semkd.losses.base import DistillationLoss
+from keras_semkd.losses.base import build_pair_regressors
+from keras_semkd.losses.base import check_feature_maps
 from keras_semkd.losses.base import register_loss
-
-BN_MOMENTUM = 0.9  # PyTorch BatchNorm2d(momentum=0.1)
-BN_EPSILON = 1e-5
-
-
-def torch_kernel_initializer():
-    """PyTorch's default `Conv2d`/`Linear` weight init
-    (`kaiming_uniform_(a=√5)`): `U(-1/√fan_in, 1/√fan_in)`. Keras computes
-    `fan_in` as PyTorch does for `Conv2D`, `Conv2DTranspose` and `Dense`."""
-    return keras.initializers.VarianceScaling(
-        scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
-    )
-
-
-def torch_bias_initializer(fan_in):
-    """PyTorch's default bias init: `U(-1/√fan_in, 1/√fan_in)`."""
-    bound = 1.0 / math.sqrt(fan_in)
-    return keras.initializers.RandomUniform(-bound, bound)
-
-
-def weight_decay_regularizer(weight_decay):
-    """`L2(weight_decay / 2)`, the gradient of PyTorch SGD's `weight_decay`
-    (which RepDistiller applies to its regressors and embeddings too), or
-    `None` when `weight_decay == 0`."""
-    if not weight_decay:
-        return None
-    return keras.regularizers.L2(weight_decay / 2.0)
-
-
-def check_weight_decay(weight_decay):
-    """Returns `weight_decay` as a float; raises `ValueError` unless it is a
-    finite number `>= 0`."""
-    if (not isinstance(weight_decay, numbers.Real)
-            or isinstance(weight_decay, bool)
-            or not math.isfinite(weight_decay) or weight_decay < 0):
-        raise ValueError(
-            "weight_decay must be a finite number >= 0. "
-            f"Received: weight_decay={weight_decay!r}"
-        )
-    return float(weight_decay)
+from keras_semkd.utils.numerics import BN_EPSILON
+from keras_semkd.utils.numerics import BN_MOMENTUM
+from keras_semkd.utils.numerics import check_weight_decay
+from keras_semkd.utils.numerics import torch_default_bias
+from keras_semkd.utils.numerics import torch_default_kernel
+from keras_semkd.utils.numerics import weight_decay_regularizer
 
 
 def hint_loss(teacher_feature, student_regressed):
@@ -68,28 +32,6 @@ def hint_loss(teacher_feature, student_regressed):
     t = ops.cast(teacher_feature, "float32")
     s = ops.cast(student_regressed, "float32")
     return ops.mean(ops.square(s - t), axis=(1, 2, 3))
-
-
-def already_built_for(loss, parts, specs):
-    """True when `loss` already built its learned `parts` for `specs`;
-    raises if it was built for another model pair."""
-    if not parts:
-        return False
-    if specs != loss._built_specs:
-        raise ValueError(
-            f"Loss {loss.name!r} was built for {loss._built_specs} "
-            f"and cannot be rebuilt for {specs}; create a new "
-            "loss instance for another model pair."
-        )
-    return True
-
-
-def pair_specs(loss, teacher_shapes, student_shapes):
-    """The (teacher shape, student shape) of each key pair, batch dropped."""
-    return tuple(
-        (tuple(teacher_shapes[t][1:]), tuple(student_shapes[s][1:]))
-        for t, s in zip(loss.teacher_keys, loss.student_keys)
-    )
 
 
 @keras.saving.register_keras_serializable(package="keras_semkd")
@@ -127,7 +69,7 @@ class ConvReg(keras.layers.Layer):
         t_h, t_w, t_c = self.teacher_shape
         reg = weight_decay_regularizer(self.weight_decay)
         common = dict(
-            kernel_initializer=torch_kernel_initializer(),
+            kernel_initializer=torch_default_kernel(),
             kernel_regularizer=reg,
             bias_regularizer=reg,
             dtype=self.dtype_policy,
@@ -139,13 +81,13 @@ class ConvReg(keras.layers.Layer):
                                             name="pad")
             self.conv = layers.Conv2D(
                 t_c, 3, strides=2, padding="valid",
-                bias_initializer=torch_bias_initializer(s_c * 9),
+                bias_initializer=torch_default_bias(s_c * 9),
                 name="conv", **common,
             )
         elif 2 * s_h == t_h:
             self.conv = layers.Conv2DTranspose(
                 t_c, 4, strides=2, padding="valid",
-                bias_initializer=torch_bias_initializer(t_c * 16),
+                bias_initializer=torch_default_bias(t_c * 16),
                 name="conv", **common,
             )
             self.crop = layers.Cropping2D(1, dtype=self.dtype_policy,
@@ -154,7 +96,7 @@ class ConvReg(keras.layers.Layer):
             kernel = (1 + s_h - t_h, 1 + s_w - t_w)
             self.conv = layers.Conv2D(
                 t_c, kernel, padding="valid",
-                bias_initializer=torch_bias_initializer(
+                bias_initializer=torch_default_bias(
                     s_c * kernel[0] * kernel[1]
                 ),
                 name="conv", **common,
@@ -253,6 +195,8 @@ class FitNetLoss(DistillationLoss):
             `"stage2"`), paired one to one; the pair losses are summed.
     """
 
+    run_values = ("weight_decay",)
+
     def __init__(self, use_relu=True, weight_decay=0.0,
                  teacher_keys="stage2", student_keys=None, **kwargs):
         super().__init__(teacher_keys=teacher_keys,
@@ -266,23 +210,17 @@ class FitNetLoss(DistillationLoss):
         check_feature_maps(self, teacher_shapes, student_shapes)
 
     def build_from_specs(self, teacher_shapes, student_shapes):
-        self.check_specs(teacher_shapes, student_shapes)
-        specs = pair_specs(self, teacher_shapes, student_shapes)
-        if already_built_for(self, self.regressors, specs):
-            return
-        regressors = []
-        with keras.name_scope(self.name):
-            for i, (t_shape, s_shape) in enumerate(specs):
-                reg = ConvReg(
-                    s_shape, t_shape, use_relu=self.use_relu,
-                    weight_decay=self.weight_decay, dtype=self.dtype_policy,
-                    name=f"regressor_{i}",
-                )
-                reg.build((None,) + s_shape)
-                regressors.append(reg)
-        self.regressors = regressors
-        self._built_specs = specs
-        self.built = True
+        build_pair_regressors(self, teacher_shapes, student_shapes,
+                              self._regressor)
+
+    def _regressor(self, i, t_shape, s_shape):
+        reg = ConvReg(
+            s_shape, t_shape, use_relu=self.use_relu,
+            weight_decay=self.weight_decay, dtype=self.dtype_policy,
+            name=f"regressor_{i}",
+        )
+        reg.build((None,) + s_shape)
+        return reg
 
     def compute(self, teacher, student, labels=None, training=False,
                 indices=None):

@@ -2,12 +2,12 @@
 
 from keras import ops
 
-from keras_semkd.losses.at import STAGE_KEYS
-from keras_semkd.losses.at import check_feature_maps
-from keras_semkd.losses.at import l2_normalize
-from keras_semkd.losses.at import match_spatial_size
+from keras_semkd.losses.base import STAGE_KEYS
 from keras_semkd.losses.base import DistillationLoss
+from keras_semkd.losses.base import check_feature_maps
 from keras_semkd.losses.base import register_loss
+from keras_semkd.utils.numerics import l2_normalize
+from keras_semkd.utils.numerics import match_spatial_size
 
 
 def _channel_rows(feature):

@@ -2,9 +2,9 @@
 
 from keras import ops
 
-from keras_semkd.losses.at import flatten_features
 from keras_semkd.losses.base import DistillationLoss
 from keras_semkd.losses.base import register_loss
+from keras_semkd.utils.numerics import flatten_features
 
 
 def _cosine_conditional(x, eps):

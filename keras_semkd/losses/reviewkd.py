@@ -2,7 +2,6 @@
 version: attention-based fusion (ABF) on the student side and the
 hierarchical context loss (HCL)."""
 
-import math
 import numbers
 
 import keras
@@ -10,44 +9,19 @@ import numpy as np
 from keras import ops
 
 from keras_semkd.losses.base import DistillationLoss
+from keras_semkd.losses.base import EpochWarmup
 from keras_semkd.losses.base import register_loss
-
-# PyTorch BatchNorm2d defaults (momentum 0.1, eps 1e-5) in Keras terms.
-_BN_MOMENTUM = 0.9
-_BN_EPSILON = 1e-5
-
-
-def _l2(weight_decay):
-    """Coupled L2 with PyTorch SGD's `weight_decay` gradient (as the model
-    zoo): `L2(weight_decay / 2)`, or None when 0."""
-    return keras.regularizers.L2(weight_decay / 2.0) if weight_decay else None
-
+from keras_semkd.utils.numerics import BN_EPSILON
+from keras_semkd.utils.numerics import BN_MOMENTUM
+from keras_semkd.utils.numerics import adaptive_average_pool
+from keras_semkd.utils.numerics import check_weight_decay
+from keras_semkd.utils.numerics import torch_default_bias
+from keras_semkd.utils.numerics import torch_default_kernel
+from keras_semkd.utils.numerics import weight_decay_regularizer
 
 # ---------------------------------------------------------------------------
 # Pure functions
 # ---------------------------------------------------------------------------
-
-
-def adaptive_pool_matrix(size, out_size):
-    """`(out_size, size)` NumPy averaging matrix of PyTorch's
-    `adaptive_avg_pool` along one axis: row `i` averages the inputs
-    `floor(i·size/out) .. ceil((i+1)·size/out) - 1`."""
-    m = np.zeros((out_size, size), dtype="float32")
-    for i in range(out_size):
-        start = (i * size) // out_size
-        end = -((-(i + 1) * size) // out_size)
-        m[i, start:end] = 1.0 / (end - start)
-    return m
-
-
-def adaptive_avg_pool2d(x, out_size):
-    """PyTorch's `F.adaptive_avg_pool2d(x, (l, l))` for channels-last
-    `(batch, h, w, c)` maps, exact for any `h, w` (overlapping bins
-    included)."""
-    _, h, w, _ = x.shape
-    ph = ops.convert_to_tensor(adaptive_pool_matrix(h, out_size))
-    pw = ops.convert_to_tensor(adaptive_pool_matrix(w, out_size))
-    return ops.einsum("ih,bhwc,jw->bijc", ph, x, pw)
 
 
 def nearest_resize(x, out_hw):
@@ -97,8 +71,8 @@ def hcl_loss(student_features, teacher_features, levels=(4, 2, 1)):
             if level >= h:
                 continue
             cnt /= 2.0
-            ps = adaptive_avg_pool2d(fs, level)
-            pt = adaptive_avg_pool2d(ft, level)
+            ps = adaptive_average_pool(fs, level)
+            pt = adaptive_average_pool(ft, level)
             loss = loss + cnt * ops.mean(ops.square(ps - pt), axis=(1, 2, 3))
             tot += cnt
         total = total + loss / tot
@@ -156,7 +130,7 @@ class ABF(keras.layers.Layer):
         self.out_hw = tuple(int(d) for d in out_hw)
         self.fuse = bool(fuse)
         self.weight_decay = float(weight_decay)
-        reg = _l2(self.weight_decay)
+        reg = weight_decay_regularizer(self.weight_decay)
         # PyTorch `kaiming_uniform_(w, a=1)`: U(±√(3 / fan_in)).
         kaiming_a1 = keras.initializers.VarianceScaling(
             1.0, mode="fan_in", distribution="uniform")
@@ -165,7 +139,7 @@ class ABF(keras.layers.Layer):
             kernel_initializer=kaiming_a1, kernel_regularizer=reg,
             dtype=self.dtype_policy, name="conv1")
         self.bn1 = keras.layers.BatchNormalization(
-            momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON,
+            momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
             beta_regularizer=reg, gamma_regularizer=reg,
             dtype=self.dtype_policy, name="bn1")
         self.conv2 = keras.layers.Conv2D(
@@ -173,19 +147,15 @@ class ABF(keras.layers.Layer):
             kernel_initializer=kaiming_a1, kernel_regularizer=reg,
             dtype=self.dtype_policy, name="conv2")
         self.bn2 = keras.layers.BatchNormalization(
-            momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON,
+            momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
             beta_regularizer=reg, gamma_regularizer=reg,
             dtype=self.dtype_policy, name="bn2")
         if self.fuse:
             # PyTorch's default Conv2d init: U(±1/√fan_in) for both.
-            fan_in = 2 * self.mid_channels
-            bound = 1.0 / math.sqrt(fan_in)
             self.att_conv = keras.layers.Conv2D(
                 2, 1, activation="sigmoid",
-                kernel_initializer=keras.initializers.VarianceScaling(
-                    1.0 / 3.0, mode="fan_in", distribution="uniform"),
-                bias_initializer=keras.initializers.RandomUniform(
-                    -bound, bound),
+                kernel_initializer=torch_default_kernel(),
+                bias_initializer=torch_default_bias(2 * self.mid_channels),
                 kernel_regularizer=reg, bias_regularizer=reg,
                 dtype=self.dtype_policy, name="att_conv")
         else:
@@ -236,7 +206,7 @@ class ABF(keras.layers.Layer):
 
 
 @register_loss("reviewkd")
-class ReviewKDLoss(DistillationLoss):
+class ReviewKDLoss(EpochWarmup, DistillationLoss):
     """Knowledge review: student features fused deep to shallow, matched to
     the teacher's by the hierarchical context loss.
 
@@ -282,6 +252,8 @@ class ReviewKDLoss(DistillationLoss):
             `stage1`..`stage3`, `embedding`).
     """
 
+    run_values = ("weight_decay",)
+
     def __init__(self, warmup_epochs=20, max_mid_channel=512,
                  levels=(4, 2, 1), weight_decay=0.0,
                  teacher_keys=("stage1_preact", "stage2_preact",
@@ -290,12 +262,7 @@ class ReviewKDLoss(DistillationLoss):
                  **kwargs):
         super().__init__(teacher_keys=teacher_keys,
                          student_keys=student_keys, **kwargs)
-        if not (isinstance(warmup_epochs, numbers.Integral)
-                and warmup_epochs >= 0):
-            raise ValueError(
-                "warmup_epochs must be an integer >= 0. "
-                f"Received: warmup_epochs={warmup_epochs!r}"
-            )
+        self.init_warmup(warmup_epochs)
         if not (isinstance(max_mid_channel, numbers.Integral)
                 and max_mid_channel >= 1):
             raise ValueError(
@@ -307,19 +274,9 @@ class ReviewKDLoss(DistillationLoss):
             raise ValueError(
                 f"levels must be positive sizes. Received: levels={levels}"
             )
-        self.warmup_epochs = int(warmup_epochs)
         self.max_mid_channel = int(max_mid_channel)
-        if not weight_decay >= 0:
-            raise ValueError(
-                "weight_decay must be >= 0. "
-                f"Received: weight_decay={weight_decay}"
-            )
         self.levels = levels
-        self.weight_decay = float(weight_decay)
-        self.epoch = self.add_weight(
-            name="epoch", shape=(), initializer="zeros", trainable=False,
-            dtype="float32",
-        )
+        self.weight_decay = check_weight_decay(weight_decay)
 
     # -- building ----------------------------------------------------------
     def check_specs(self, teacher_shapes, student_shapes):
@@ -354,16 +311,6 @@ class ReviewKDLoss(DistillationLoss):
         self.built = True
 
     # -- computation -------------------------------------------------------
-    def set_epoch(self, epoch):
-        self.epoch.assign(float(epoch))
-
-    def warmup_factor(self):
-        """The current warm-up factor `min((epoch + 1) / warmup, 1)`."""
-        if self.warmup_epochs <= 0:
-            return ops.ones((), "float32")
-        epoch = ops.cast(self.epoch, "float32")
-        return ops.minimum((epoch + 1.0) / float(self.warmup_epochs), 1.0)
-
     def fuse(self, student, training=False):
         """Runs the ABF blocks deep to shallow; returns the fused student
         maps in key order (each of its teacher's shape)."""

@@ -2,10 +2,10 @@
 
 from keras import ops
 
-from keras_semkd.losses.at import flatten_features
-from keras_semkd.losses.at import l2_normalize
 from keras_semkd.losses.base import DistillationLoss
 from keras_semkd.losses.base import register_loss
+from keras_semkd.utils.numerics import flatten_features
+from keras_semkd.utils.numerics import l2_normalize
 
 
 def pairwise_distances(e, eps=1e-12):

@@ -7,16 +7,15 @@ import numpy as np
 from keras import layers
 from keras import ops
 
-from keras_semkd.losses.at import STAGE_KEYS
-from keras_semkd.losses.at import check_feature_maps
-from keras_semkd.losses.at import match_spatial_size
+from keras_semkd.losses.base import STAGE_KEYS
 from keras_semkd.losses.base import DistillationLoss
+from keras_semkd.losses.base import build_pair_regressors
+from keras_semkd.losses.base import check_feature_maps
 from keras_semkd.losses.base import register_loss
-from keras_semkd.losses.fitnet import check_weight_decay
-from keras_semkd.losses.fitnet import already_built_for
-from keras_semkd.losses.fitnet import pair_specs
-from keras_semkd.losses.fitnet import torch_kernel_initializer
-from keras_semkd.losses.fitnet import weight_decay_regularizer
+from keras_semkd.utils.numerics import check_weight_decay
+from keras_semkd.utils.numerics import match_spatial_size
+from keras_semkd.utils.numerics import torch_default_kernel
+from keras_semkd.utils.numerics import weight_decay_regularizer
 
 
 def vid_loss(teacher_feature, predicted_mean, predicted_variance):
@@ -71,7 +70,7 @@ class VIDRegressor(keras.layers.Layer):
         self.convs = [
             layers.Conv2D(
                 filters, 1, use_bias=False,
-                kernel_initializer=torch_kernel_initializer(),
+                kernel_initializer=torch_default_kernel(),
                 kernel_regularizer=reg, dtype=self.dtype_policy,
                 name=f"conv{i}",
             )
@@ -156,6 +155,8 @@ class VIDLoss(DistillationLoss):
             `stage1..stage3`, three-stage CIFAR ResNets/WRNs).
     """
 
+    run_values = ("weight_decay",)
+
     def __init__(self, init_pred_var=5.0, eps=1e-5, mid_channels=None,
                  weight_decay=0.0, teacher_keys=STAGE_KEYS,
                  student_keys=None, **kwargs):
@@ -184,25 +185,19 @@ class VIDLoss(DistillationLoss):
         check_feature_maps(self, teacher_shapes, student_shapes)
 
     def build_from_specs(self, teacher_shapes, student_shapes):
-        self.check_specs(teacher_shapes, student_shapes)
-        specs = pair_specs(self, teacher_shapes, student_shapes)
-        if already_built_for(self, self.regressors, specs):
-            return
-        regressors = []
-        with keras.name_scope(self.name):
-            for i, (t_shape, s_shape) in enumerate(specs):
-                t_c, s_c = t_shape[-1], s_shape[-1]
-                reg = VIDRegressor(
-                    s_c, self.mid_channels or t_c, t_c,
-                    init_pred_var=self.init_pred_var, eps=self.eps,
-                    weight_decay=self.weight_decay, dtype=self.dtype_policy,
-                    name=f"regressor_{i}",
-                )
-                reg.build((None, None, None, s_c))
-                regressors.append(reg)
-        self.regressors = regressors
-        self._built_specs = specs
-        self.built = True
+        build_pair_regressors(self, teacher_shapes, student_shapes,
+                              self._regressor)
+
+    def _regressor(self, i, t_shape, s_shape):
+        t_c, s_c = t_shape[-1], s_shape[-1]
+        reg = VIDRegressor(
+            s_c, self.mid_channels or t_c, t_c,
+            init_pred_var=self.init_pred_var, eps=self.eps,
+            weight_decay=self.weight_decay, dtype=self.dtype_policy,
+            name=f"regressor_{i}",
+        )
+        reg.build((None, None, None, s_c))
+        return reg
 
     def compute(self, teacher, student, labels=None, training=False,
                 indices=None):

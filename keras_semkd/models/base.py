@@ -16,9 +16,10 @@ helpers here so that all models agree on:
   TF's fused kernel on the TensorFlow backend (same weights and numbers,
   1.14x faster steps on CPU).
 * **Initialisation.** Each family states which RepDistiller init it copies;
-  the initializers below reproduce PyTorch's formulas, including the
-  depthwise case where Keras' fan computation differs from PyTorch's.
-* **Weight decay.** See `regularizer`: `L2(weight_decay / 2)` on *every*
+  `utils.numerics` and the initializer below reproduce PyTorch's formulas,
+  including the depthwise case where Keras' fan computation differs from
+  PyTorch's.
+* **Weight decay.** See `utils.numerics.weight_decay_regularizer`: `L2(weight_decay / 2)` on *every*
   trainable weight (kernels, biases, BN gamma and beta), which gives the same
   gradient as PyTorch SGD's `weight_decay` argument.
 """
@@ -31,13 +32,17 @@ from keras import ops
 
 from keras_semkd.models.batch_norm import BatchNormalization
 from keras_semkd.registry import Registry
+from keras_semkd.utils.numerics import BN_EPSILON
+from keras_semkd.utils.numerics import BN_MOMENTUM
+from keras_semkd.utils.numerics import check_weight_decay
+from keras_semkd.utils.numerics import torch_default_bias
+from keras_semkd.utils.numerics import torch_default_kernel
+from keras_semkd.utils.numerics import weight_decay_regularizer
 
 MODELS = Registry("model")
 """Registry of model builders: `name -> builder(num_classes, input_shape,
 weight_decay=0.0, name=None) -> keras.Model`."""
 
-BN_MOMENTUM = 0.9
-BN_EPSILON = 1e-5
 
 
 # ---------------------------------------------------------------------------
@@ -92,32 +97,17 @@ def validate_input_shape(input_shape, min_size, model_name):
     return tuple(int(d) for d in input_shape)
 
 
-def validate_weight_decay(weight_decay):
-    """Raises `ValueError` unless `weight_decay` is a finite float >= 0."""
-    if (
-        not isinstance(weight_decay, numbers.Real)
-        or isinstance(weight_decay, bool)
-        or not math.isfinite(weight_decay)
-        or weight_decay < 0
-    ):
-        raise ValueError(
-            "`weight_decay` must be a non-negative float. "
-            f"Received: weight_decay={weight_decay!r}"
-        )
-    return float(weight_decay)
-
-
 def check_args(num_classes, input_shape, weight_decay, min_size, model_name):
     """Validates the common builder arguments; returns them normalised."""
     return (
         validate_num_classes(num_classes),
         validate_input_shape(input_shape, min_size, model_name),
-        validate_weight_decay(weight_decay),
+        check_weight_decay(weight_decay),
     )
 
 
 # ---------------------------------------------------------------------------
-# Initializers and regularizer (PyTorch equivalents)
+# Initializer (the PyTorch defaults live in `utils.numerics`)
 # ---------------------------------------------------------------------------
 
 
@@ -128,34 +118,6 @@ def he_normal_fan_out():
     return keras.initializers.VarianceScaling(
         2.0, "fan_out", "untruncated_normal"
     )
-
-
-def torch_default_kernel():
-    """PyTorch's default `Conv2d`/`Linear` weight init,
-    `kaiming_uniform_(a=sqrt(5))` = U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-
-    Keras' fan_in of a (grouped) `Conv2D` kernel `(kh, kw, in / groups, out)`
-    is `kh * kw * in / groups`, the same as PyTorch's."""
-    return keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
-
-
-def torch_default_bias(fan_in):
-    """PyTorch's default bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    bound = 1.0 / math.sqrt(fan_in)
-    return keras.initializers.RandomUniform(-bound, bound)
-
-
-def regularizer(weight_decay):
-    """Coupled L2 matching PyTorch SGD's `weight_decay`.
-
-    PyTorch SGD adds `weight_decay * w` to each gradient, i.e. it minimises
-    `loss + 0.5 * weight_decay * ||w||^2`. `keras.regularizers.L2(l2)` adds
-    `l2 * ||w||^2`, so `l2 = weight_decay / 2` gives the same gradient.
-    Returns `None` (no regularizer, no extra ops) when `weight_decay == 0`.
-    """
-    if not weight_decay:
-        return None
-    return keras.regularizers.L2(weight_decay / 2.0)
 
 
 # ---------------------------------------------------------------------------
@@ -193,7 +155,7 @@ def conv2d(
     kernel layout as `Conv2D(groups=...)`, several times faster on the
     TensorFlow CPU backend, which runs grouped `Conv2D` through per-op XLA).
     """
-    reg = regularizer(weight_decay)
+    reg = weight_decay_regularizer(weight_decay)
     if groups > 1 and kernel_size == 1 and strides == 1 and not use_bias:
         return GroupedPointwiseConv2D(
             filters,
@@ -250,7 +212,7 @@ def depthwise_conv2d(
         padding=padding,
         use_bias=False,
         depthwise_initializer=initializer,
-        depthwise_regularizer=regularizer(weight_decay),
+        depthwise_regularizer=weight_decay_regularizer(weight_decay),
         name=name,
     )(x)
 
@@ -258,7 +220,7 @@ def depthwise_conv2d(
 def batch_norm(x, *, name, weight_decay):
     """`nn.BatchNorm2d` with PyTorch's defaults (momentum 0.1, eps 1e-5),
     on TF's fused kernel where possible (`models.batch_norm`)."""
-    reg = regularizer(weight_decay)
+    reg = weight_decay_regularizer(weight_decay)
     return BatchNormalization(
         momentum=BN_MOMENTUM,
         epsilon=BN_EPSILON,
@@ -319,7 +281,7 @@ def classifier(
     name="classifier",
 ):
     """The final `nn.Linear(embedding_dim, num_classes)`."""
-    reg = regularizer(weight_decay)
+    reg = weight_decay_regularizer(weight_decay)
     return keras.layers.Dense(
         num_classes,
         kernel_initializer=kernel_initializer,
@@ -549,3 +511,47 @@ def functional_model(inputs, outputs, name):
     """`keras.Model(inputs, outputs=dict)`; `outputs` in RepDistiller's
     `feats` order: stem, stages (and their `_preact`), embedding, logits."""
     return keras.Model(inputs=inputs, outputs=outputs, name=name)
+
+
+def classification_model(
+    inputs,
+    x,
+    features,
+    num_classes,
+    *,
+    weight_decay,
+    name,
+    kernel_initializer=None,
+    bias_initializer="zeros",
+):
+    """The tail every zoo family shares: global pool -> classifier -> the
+    output dict -> the functional model.
+
+    Args:
+        inputs: the model's `keras.Input`.
+        x: the last feature map.
+        features: the feature outputs so far (`"stem"`, `"stage1"`, ...,
+            their `_preact`s) in RepDistiller's `feats` order;
+            `"embedding"` (the pooled `x`) and `"logits"` are appended.
+        num_classes: width of the classifier.
+        weight_decay: coupled weight decay of the classifier.
+        name: model name.
+        kernel_initializer: the classifier's kernel initializer; `None`
+            leaves `nn.Linear` at PyTorch's default init (kernel and bias
+            U(-1/sqrt(fan_in), 1/sqrt(fan_in)), `bias_initializer` ignored).
+        bias_initializer: the classifier's bias initializer.
+    """
+    embedding = global_pool(x)
+    if kernel_initializer is None:
+        logits = torch_default_classifier(embedding, num_classes,
+                                          weight_decay=weight_decay)
+    else:
+        logits = classifier(
+            embedding, num_classes, weight_decay=weight_decay,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+        )
+    outputs = dict(features)
+    outputs["embedding"] = embedding
+    outputs["logits"] = logits
+    return functional_model(inputs, outputs, name)

@@ -120,17 +120,12 @@ def mobilenetv2(
         if group in FEATURE_GROUPS:
             outputs[f"stage{FEATURE_GROUPS.index(group) + 1}"] = x
     x = base.conv_bn(x, last_channels, 1, name="head", weight_decay=wd)
-    embedding = base.global_pool(x)
-    logits = base.classifier(
-        embedding, num_classes, weight_decay=wd,
-        kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
-        bias_initializer="zeros",
-    )
-    outputs["embedding"] = embedding
-    outputs["logits"] = logits
 
-    # Functional model.
-    return base.functional_model(inputs, outputs, name)
+    # Head (pool -> classifier) and functional model.
+    return base.classification_model(
+        inputs, x, outputs, num_classes, weight_decay=wd, name=name,
+        kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+    )
 
 
 @MODELS.register("MobileNetV2")

@@ -125,14 +125,10 @@ def imagenet_style_resnet(
         outputs[f"stage{stage}"] = x
         preacts[f"stage{stage}_preact"] = preact
     outputs.update(preacts)
-    embedding = base.global_pool(x)
-    logits = base.torch_default_classifier(embedding, num_classes,
-                                           weight_decay=wd)
-    outputs["embedding"] = embedding
-    outputs["logits"] = logits
 
-    # Functional model.
-    return base.functional_model(inputs, outputs, name)
+    # Head (pool -> classifier) and functional model.
+    return base.classification_model(inputs, x, outputs, num_classes,
+                                     weight_decay=wd, name=name)
 
 
 @MODELS.register("ResNet50")

@@ -165,14 +165,10 @@ def shufflenet_v2(
     outputs.update(preacts)
     x = _conv(x, widths[3], name="head_conv", weight_decay=wd)
     x = _bn(x, name="head", weight_decay=wd, activation=True)
-    embedding = base.global_pool(x)
-    logits = base.torch_default_classifier(embedding, num_classes,
-                                           weight_decay=wd)
-    outputs["embedding"] = embedding
-    outputs["logits"] = logits
 
-    # Functional model.
-    return base.functional_model(inputs, outputs, name)
+    # Head (pool -> classifier) and functional model.
+    return base.classification_model(inputs, x, outputs, num_classes,
+                                     weight_decay=wd, name=name)
 
 
 @MODELS.register("ShuffleV2")

@@ -115,17 +115,12 @@ def vgg(
         outputs[f"stage{stage}"] = x
         preacts[f"stage{stage}_preact"] = preact
     outputs.update(preacts)
-    embedding = base.global_pool(x)
-    logits = base.classifier(
-        embedding, num_classes, weight_decay=wd,
-        kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
-        bias_initializer="zeros",
-    )
-    outputs["embedding"] = embedding
-    outputs["logits"] = logits
 
-    # Functional model.
-    return base.functional_model(inputs, outputs, name)
+    # Head (pool -> classifier) and functional model.
+    return base.classification_model(
+        inputs, x, outputs, num_classes, weight_decay=wd, name=name,
+        kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+    )
 
 
 def _register(model_name):

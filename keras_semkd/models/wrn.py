@@ -120,17 +120,12 @@ def wide_resnet(
     preacts[f"stage{len(widths)}_preact"] = normed
     outputs.update(preacts)
     x = base.relu(normed, name="final_relu")
-    embedding = base.global_pool(x)
-    logits = base.classifier(
-        embedding, num_classes, weight_decay=wd,
-        kernel_initializer=base.torch_default_kernel(),
-        bias_initializer="zeros",
-    )
-    outputs["embedding"] = embedding
-    outputs["logits"] = logits
 
-    # Functional model.
-    return base.functional_model(inputs, outputs, name)
+    # Head (pool -> classifier) and functional model.
+    return base.classification_model(
+        inputs, x, outputs, num_classes, weight_decay=wd, name=name,
+        kernel_initializer=base.torch_default_kernel(),
+    )
 
 
 def _register(model_name, depth, widen_factor):

@@ -30,13 +30,6 @@ def objective():
     return keras_tuner.Objective(OBJECTIVE, direction="max")
 
 
-def _metrics():
-    return [
-        keras.metrics.SparseCategoricalAccuracy(name="top1"),
-        keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"),
-    ]
-
-
 def check_validation_split(recipe):
     """Raises `ValueError` unless the recipe carves a validation set out of
     train (tuning must never look at the test split)."""
@@ -218,13 +211,9 @@ class DistillationHyperModel(keras_tuner.HyperModel):
         teacher = self._get_teacher(input_shape)
         keras.utils.set_random_seed(recipe.seed)
         student = self._build_student(recipe, input_shape)
-        model = build_lib.build_distiller(
-            recipe, teacher=teacher, student=student, input_shape=input_shape,
-            num_train_examples=train_info.num_examples,
-        )
-        model.compile(
-            optimizer=build_lib.sgd_optimizer(recipe.optimizer, steps),
-            metrics=_metrics(),
+        model, _ = training.build_and_compile(
+            recipe, teacher, train_info,
+            build_lib.sgd_optimizer(recipe.optimizer, steps), student=student,
         )
         # Built now so a checkpoint restores the optimizer too (Hyperband
         # continues a trial from its checkpoint: momentum and the step

@@ -8,8 +8,8 @@ import pytest
 from keras import ops
 
 from keras_semkd.layers import AttentionUniformization
-from keras_semkd.layers import adaptive_average_pool
-from keras_semkd.layers import adaptive_pool_matrix
+from keras_semkd.utils.numerics import adaptive_average_pool
+from keras_semkd.utils.numerics import adaptive_pool_matrix
 from tests.layers.grad_utils import value_and_grads
 
 MODES = ("spatial", "channel", "grouped")

@@ -110,8 +110,8 @@ def test_avg_pool_counts_padding_like_pytorch():
 
 
 def test_regularizer_is_half_weight_decay():
-    assert base.regularizer(0.0) is None
-    reg = base.regularizer(5e-4)
+    assert base.weight_decay_regularizer(0.0) is None
+    reg = base.weight_decay_regularizer(5e-4)
     w = np.full((3,), 2.0, "float32")
     # 0.5 * wd * ||w||^2, whose gradient is wd * w.
     np.testing.assert_allclose(float(_np(reg(w))), 0.5 * 5e-4 * 12.0,

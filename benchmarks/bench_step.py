@@ -9,14 +9,13 @@ median step time, images/s and the ratio to KD.
 
 Example (the measurement recorded in docs/method.md):
 
-    python experiments/bench_step.py
-    python experiments/bench_step.py --modes=spatial --repeats=30
+    python benchmarks/bench_step.py
+    python benchmarks/bench_step.py --modes=spatial --repeats=30
 """
 
 import os
 import platform
 import statistics
-import sys
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -26,7 +25,6 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("teacher", "resnet32x4", "Teacher model name.")

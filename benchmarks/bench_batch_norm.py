@@ -1,6 +1,6 @@
 r"""Fused vs Keras batch norm in the zoo: paired CPU cost of a KD step.
 
-    python experiments/bench_batch_norm.py --pairs=resnet32x4:resnet8x4,resnet56:resnet20
+    python benchmarks/bench_batch_norm.py --pairs=resnet32x4:resnet8x4,resnet56:resnet20
 
 For each pair, builds two KD Distillers (CE 0.1 + KD 0.9, T = 4, SGD 0.9,
 coupled weight decay 5e-4) that differ only in the zoo's batch norm layer:
@@ -108,7 +108,7 @@ def main(argv):
     tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     payload = {
-        "command": " ".join(["experiments/bench_batch_norm.py"]
+        "command": " ".join(["benchmarks/bench_batch_norm.py"]
                             + sys.argv[1:]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"),

@@ -1,7 +1,7 @@
 """PyTorch reference for the throughput benchmark: RepDistiller's CIFAR
 ResNets and its KD training step, written in this project.
 
-Experiment-side code: `experiments/bench_throughput.py` and its test import
+Experiment-side code: `benchmarks/bench_throughput.py` and its test import
 it; the library never does. It needs `torch` (the `bench` extra).
 
 Models: a line-by-line port of RepDistiller's `models/resnet.py`

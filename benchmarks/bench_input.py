@@ -4,7 +4,7 @@ Measures augmented training images per second (pad-4 random crop + flip,
 normalization, per-epoch shuffle, batching; prefetch for tf.data) of the
 CIFAR-100 train split, as a model would consume them, without a model.
 
-    python experiments/bench_input.py --batch_size=64 --steps=300 --repeats=5
+    python benchmarks/bench_input.py --batch_size=64 --steps=300 --repeats=5
 
 Each repeat opens a fresh iterator (a new epoch), discards the first batch
 (warm-up: shuffle-buffer fill, tracing) and times the next `--steps`
@@ -16,17 +16,14 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
 
 from absl import app
 from absl import flags
 from absl import logging
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from keras_semkd import data as kd_data  # noqa: E402
-from keras_semkd.data import pipeline  # noqa: E402,F401  (imports TF untimed)
+from keras_semkd import data as kd_data
+from keras_semkd.data import pipeline,F401  (imports TF untimed)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None,

@@ -9,8 +9,8 @@ a training run would:
 2. cold cache: decodes every file and writes the cache;
 3. warm cache: a new process reads the cache (no file is decoded).
 
-    python experiments/bench_image_cache.py                # 60,000 images
-    python experiments/bench_image_cache.py --num_images=6000
+    python benchmarks/bench_image_cache.py                # 60,000 images
+    python benchmarks/bench_image_cache.py --num_images=6000
 
 The folder and the cache are written under `--work_dir` (default: a fresh
 temporary folder, removed at the end).
@@ -29,7 +29,6 @@ from absl import flags
 from absl import logging
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_images", 60000, "Images in the folder (train "

@@ -1,0 +1,1 @@
+"""Shared helpers below the layers, models and losses (`numerics`)."""
