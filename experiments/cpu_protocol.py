@@ -66,7 +66,8 @@ flags.DEFINE_string("results_md", None,
                     "Also write the Markdown table to this file.")
 flags.DEFINE_string("plot_dir", None,
                     "Where the PNGs go (default: <output_dir>).")
-flags.DEFINE_string("run_one", None, "Internal: 'variant:seed' to train.")
+flags.DEFINE_string("run_one", None,
+                    "Internal: 'variant:seed' (or 'teacher') to train.")
 
 FLAGS = flags.FLAGS
 
@@ -91,6 +92,19 @@ def _recipe(variant, seed):
             recipe, epochs=1,
             data=DataConfig(batch_size=64, limit_train=640, limit_eval=640),
         )
+    return recipe
+
+
+def _teacher_recipe():
+    """`cpu_protocol-teacher` (1 short epoch under --smoke)."""
+    from keras_semkd.configs import recipes
+    from keras_semkd.configs.experiment import DataConfig
+
+    recipe = recipes.cpu_protocol_teacher()
+    if FLAGS.smoke:
+        recipe = dataclasses.replace(
+            recipe, epochs=1, data=DataConfig(limit_train=640,
+                                              limit_eval=640))
     return recipe
 
 
@@ -128,6 +142,12 @@ def run_one(spec):
 
     import keras
 
+    if spec == "teacher":
+        training.Runner(_teacher_recipe(), os.path.join(_output_dir(),
+                                                        "teacher"),
+                        checkpoint_every=200, deterministic=False,
+                        data_dir=FLAGS.data_dir).run(verbose=2)
+        return
     variant, seed = spec.split(":")
     recipe = _recipe(variant, int(seed))
     if recipe.mixed_precision:
@@ -171,26 +191,14 @@ def _train_teacher(log):
     run_dir = os.path.join(_output_dir(), "teacher")
     log(f"teacher weights {path} missing: training cpu_protocol-teacher in "
         f"{run_dir}")
-    env = dict(os.environ)
-    code = (
-        "from keras_semkd.configs import recipes\n"
-        "from keras_semkd.training import Runner\n"
-        "import sys\n"
-        "r = recipes.cpu_protocol_teacher()\n"
-        "if sys.argv[2] == '1':\n"
-        "    from keras_semkd.configs.experiment import DataConfig\n"
-        "    import dataclasses\n"
-        "    r = dataclasses.replace(r, epochs=1, data=DataConfig("
-        "limit_train=640, limit_eval=640))\n"
-        "Runner(r, sys.argv[1], checkpoint_every=200, deterministic=False, "
-        "data_dir=sys.argv[3] or None).run(verbose=2)\n"
-    )
+    # Its own process (this script with --run_one=teacher), as the runs.
+    args = [sys.executable, os.path.abspath(__file__), "--run_one=teacher",
+            f"--output_dir={FLAGS.output_dir}", f"--smoke={FLAGS.smoke}"]
+    if FLAGS.data_dir:
+        args.append(f"--data_dir={FLAGS.data_dir}")
     with open(os.path.join(_output_dir(), "teacher.log"), "a") as out:
-        subprocess.run(
-            [sys.executable, "-c", code, run_dir,
-             "1" if FLAGS.smoke else "0", FLAGS.data_dir or ""],
-            check=True, stdout=out, stderr=subprocess.STDOUT, env=env,
-        )
+        subprocess.run(args, check=True, stdout=out,
+                       stderr=subprocess.STDOUT, env=dict(os.environ))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     shutil.copyfile(os.path.join(run_dir, "checkpoints", "last.weights.h5"),
                     path)

@@ -35,6 +35,7 @@ from absl import flags
 from absl import logging
 
 from keras_semkd import configs
+from keras_semkd import resolve
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("recipe", "cpu_smoke", "Registered recipe name.")
@@ -95,84 +96,34 @@ flags.DEFINE_list("image_size", None,
                   "of any size; sets data.image_size.")
 
 
-def _parse_value(text):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+#: flag -> the recipe field it sets (None: flag not given).
+FLAG_FIELDS = (("epochs", "epochs"), ("seed", "seed"),
+               ("batch_size", "data.batch_size"),
+               ("limit_train", "data.limit_train"),
+               ("limit_eval", "data.limit_eval"),
+               ("dataset", "data.dataset"),
+               ("data_dir", "data.data_dir"),
+               ("teacher_weights", "teacher_weights"))
 
 
 def resolve_recipe():
-    if FLAGS.method:
-        if not (FLAGS.teacher and FLAGS.student):
-            raise app.UsageError("--method needs --teacher and --student.")
-        recipe = configs.make_recipe(FLAGS.teacher, FLAGS.student,
-                                     FLAGS.method)
-    else:
-        recipe = configs.get(FLAGS.recipe)
-    changes = {}
-    for item in FLAGS.override:
-        if "=" not in item:
-            raise app.UsageError(
-                f"--override needs key=value. Received: {item!r}"
-            )
-        key, value = item.split("=", 1)
-        changes[key.strip()] = _parse_value(value)
-    for flag, key in (("epochs", "epochs"), ("seed", "seed"),
-                      ("batch_size", "data.batch_size"),
-                      ("limit_train", "data.limit_train"),
-                      ("limit_eval", "data.limit_eval"),
-                      ("dataset", "data.dataset"),
-                      ("data_dir", "data.data_dir"),
-                      ("teacher_weights", "teacher_weights")):
-        value = getattr(FLAGS, flag)
-        if value is not None:
-            changes[key] = value
-    if FLAGS.image_size:
-        changes["data.image_size"] = parse_image_size(FLAGS.image_size)
-    recipe = recipe.override(**changes) if changes else recipe
-    return _with_available_data(recipe)
-
-
-def parse_image_size(values):
-    """`["64"]` -> `[64, 64]`, `["64", "48"]` -> `[64, 48]`."""
+    """The recipe the flags name, with the overrides and flag values
+    applied (`keras_semkd.resolve.resolve_recipe`)."""
     try:
-        size = [int(v) for v in values]
-    except ValueError:
-        size = []
-    if len(size) == 1:
-        size = size * 2
-    if len(size) != 2 or min(size) < 1:
-        raise app.UsageError(
-            f"--image_size takes H,W or N (positive integers). Received: "
-            f"{','.join(values)!r}")
-    return size
-
-
-def _with_available_data(recipe):
-    """CIFAR-100 without a local copy -> the generated dataset, loudly; the
-    class count follows the dataset when it was changed."""
-    from keras_semkd import data as data_lib
-
-    dataset = recipe.data.dataset
-    changes = {}
-    if (dataset == "cifar100" and not recipe.data.data_dir
-            and data_lib.default_cifar100_dir() is None):
-        logging.warning(
-            "No CIFAR-100 copy found (looked in %s). Running on a small "
-            "GENERATED dataset instead: accuracies are not CIFAR-100 "
-            "numbers.",
-            ", ".join(str(p) for p in data_lib.paths.data_search_paths()),
-        )
-        dataset = "synthetic"
-        changes.update({"data.dataset": dataset, "data.limit_train": None,
-                        "data.limit_eval": None})
-    if dataset != "cifar100":
-        data = recipe.override(**changes).data if changes else recipe.data
-        info = data_lib.load_split(dataset, "train", data_dir=data.data_dir,
-                                   **data.loader_kwargs())[2]
-        changes["num_classes"] = info.num_classes
-    return recipe.override(**changes) if changes else recipe
+        changes = resolve.parse_overrides(FLAGS.override)
+        for flag, key in FLAG_FIELDS:
+            if getattr(FLAGS, flag) is not None:
+                changes[key] = getattr(FLAGS, flag)
+        if FLAGS.image_size:
+            changes["data.image_size"] = resolve.parse_image_size(
+                FLAGS.image_size)
+        if FLAGS.method and not (FLAGS.teacher and FLAGS.student):
+            raise ValueError("--method needs --teacher and --student.")
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    return resolve.resolve_recipe(
+        FLAGS.recipe, method=FLAGS.method, teacher=FLAGS.teacher,
+        student=FLAGS.student, changes=changes)
 
 
 #: Teacher weights shipped in the repository: (model, dataset) -> path
@@ -236,21 +187,13 @@ def main(argv):
         strategy=strategy, resume_from=FLAGS.resume_from)
     with runner.lock():
         if quick_teacher and not os.path.exists(teacher_path):
-            teacher_recipe = configs.recipes.quick_teacher_recipe(
-                recipe, FLAGS.teacher_epochs)
-            logging.info("No --teacher_weights: training a quick %s teacher "
-                         "for %d epoch(s) first.", recipe.teacher,
-                         FLAGS.teacher_epochs)
-            t_report = training.Runner(
-                teacher_recipe, os.path.join(run_dir, "teacher")
-            ).run(verbose=FLAGS.verbose)
-            os.replace(os.path.join(run_dir, "teacher", "checkpoints",
-                                    "last.weights.h5"), teacher_path)
+            t_report = training.train_quick_teacher(
+                recipe, FLAGS.teacher_epochs, teacher_path,
+                os.path.join(run_dir, "teacher"), verbose=FLAGS.verbose)
             teacher_top1 = t_report["last"]["top1"]
             print(f"teacher {recipe.teacher} (quick, "
                   f"{FLAGS.teacher_epochs} epoch(s)): top-1 "
-                  f"{t_report['last']['top1']:.4f} on "
-                  f"{t_report['eval']['description']}")
+                  f"{teacher_top1:.4f} on {t_report['eval']['description']}")
         report = runner.run(verbose=FLAGS.verbose)
         if runner.chief:
             runner.student.save(os.path.join(run_dir, "student.keras"))

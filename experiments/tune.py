@@ -28,7 +28,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from keras_semkd import configs
+from keras_semkd import resolve
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("recipe", "cpu_smoke", "Registered recipe name.")
@@ -77,71 +77,26 @@ flags.DEFINE_integer("seed", None, "Override the recipe's seed.")
 flags.DEFINE_integer("verbose", 1, "Keras verbosity (0, 1 bar, 2 lines).")
 
 
+#: flag -> the recipe field it sets (None: flag not given).
+FLAG_FIELDS = (("dataset", "data.dataset"),
+               ("validation_split", "data.validation_split"),
+               ("seed", "seed"),
+               ("batch_size", "data.batch_size"),
+               ("limit_train", "data.limit_train"),
+               ("limit_eval", "data.limit_eval"),
+               ("data_dir", "data.data_dir"),
+               ("teacher_weights", "teacher_weights"))
+
+
 def resolve_recipe():
-    if FLAGS.method:
-        if not (FLAGS.teacher and FLAGS.student):
-            raise app.UsageError("--method needs --teacher and --student.")
-        recipe = configs.make_recipe(FLAGS.teacher, FLAGS.student,
-                                     FLAGS.method)
-    else:
-        recipe = configs.get(FLAGS.recipe)
-    if FLAGS.dataset:
-        recipe = recipe.override(**{"data.dataset": FLAGS.dataset})
-    recipe = _with_available_data(recipe)
-    if recipe.data.dataset == "synthetic":
-        from keras_semkd import data as data_lib
-
-        info = data_lib.load_split("synthetic", "train")[2]
-        recipe = recipe.override(num_classes=info.num_classes)
-    changes = {"data.validation_split": FLAGS.validation_split}
-    for flag, key in (("seed", "seed"),
-                      ("batch_size", "data.batch_size"),
-                      ("limit_train", "data.limit_train"),
-                      ("limit_eval", "data.limit_eval"),
-                      ("data_dir", "data.data_dir"),
-                      ("teacher_weights", "teacher_weights")):
-        value = getattr(FLAGS, flag)
-        if value is not None:
-            changes[key] = value
-    return recipe.override(**changes)
-
-
-def _with_available_data(recipe):
-    """CIFAR-100 without a local copy -> the generated dataset, loudly."""
-    from keras_semkd import data as data_lib
-
-    if recipe.data.dataset != "cifar100" or recipe.data.data_dir \
-            or FLAGS.data_dir:
-        return recipe
-    if data_lib.default_cifar100_dir() is not None:
-        return recipe
-    logging.warning(
-        "No CIFAR-100 copy found (looked in %s). Tuning on a small "
-        "GENERATED dataset instead: accuracies are not CIFAR-100 numbers.",
-        ", ".join(str(p) for p in data_lib.paths.data_search_paths()),
-    )
-    info = data_lib.load_split("synthetic", "train")[2]
-    return recipe.override(**{"data.dataset": "synthetic",
-                              "num_classes": info.num_classes,
-                              "data.limit_train": None,
-                              "data.limit_eval": None})
-
-
-def quick_teacher(recipe, path):
-    """Trains `recipe.teacher` alone on the same train part (validated on
-    the same carved split), saves its weights to `path` and returns it."""
-    from keras_semkd import training
-
-    teacher_recipe = configs.recipes.quick_teacher_recipe(
-        recipe, FLAGS.teacher_epochs)
-    logging.info("No --teacher_weights: training a quick %s teacher for %d "
-                 "epoch(s) first.", recipe.teacher, FLAGS.teacher_epochs)
-    result = training.train(teacher_recipe, verbose=FLAGS.verbose)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    result["student"].save_weights(path)
-    print(f"teacher {recipe.teacher}: validation top-1 "
-          f"{result['test']['top1']:.4f} (weights: {path})")
-    return result["student"]
+    """The recipe the flags name, with the flag values applied
+    (`keras_semkd.resolve.resolve_recipe`)."""
+    if FLAGS.method and not (FLAGS.teacher and FLAGS.student):
+        raise app.UsageError("--method needs --teacher and --student.")
+    changes = {key: getattr(FLAGS, flag) for flag, key in FLAG_FIELDS}
+    return resolve.resolve_recipe(
+        FLAGS.recipe, method=FLAGS.method, teacher=FLAGS.teacher,
+        student=FLAGS.student, changes=changes)
 
 
 def main(argv):
@@ -161,19 +116,26 @@ def main(argv):
     elif FLAGS.tune_student_loss_weight:
         search_space = tuning.default_search_space(recipe,
                                                    student_loss_weight=True)
-    teacher = None
     if not recipe.teacher_weights:
+        from keras_semkd import training
+
         # Beside the project folder, which overwrite=True deletes.
         weights = os.path.join(FLAGS.directory,
                                f"{project_name}.teacher.weights.h5")
         if os.path.exists(weights) and not FLAGS.overwrite:
             logging.info("Resuming with the quick teacher in %s.", weights)
         else:
-            teacher = quick_teacher(recipe, weights)
+            report = training.train_quick_teacher(
+                recipe, FLAGS.teacher_epochs, weights,
+                os.path.join(FLAGS.directory, f"{project_name}.teacher"),
+                verbose=FLAGS.verbose, overwrite=FLAGS.overwrite)
+            print(f"teacher {recipe.teacher} (quick, {FLAGS.teacher_epochs} "
+                  f"epoch(s)): top-1 {report['last']['top1']:.4f} on "
+                  f"{report['eval']['description']} (weights: {weights})")
         recipe = recipe.override(teacher_weights=weights)
     logging.info("Base recipe:\n%s", recipe.to_json())
     result = tuning.tune(
-        recipe, teacher, tuner=FLAGS.tuner, max_trials=FLAGS.max_trials,
+        recipe, None, tuner=FLAGS.tuner, max_trials=FLAGS.max_trials,
         epochs=FLAGS.epochs, directory=FLAGS.directory,
         project_name=project_name, overwrite=FLAGS.overwrite,
         search_space=search_space, verbose=FLAGS.verbose,

@@ -25,6 +25,7 @@ a global step sees exactly the batch a single worker would see. Only the
 chief (`is_chief`) writes files. See docs/distributed.md.
 """
 
+import contextlib
 import json
 import os
 
@@ -82,8 +83,6 @@ def make_strategy(kind="auto"):
             "running an op): call make_strategy('multi_worker') first. "
             f"Underlying error: {e}"
         ) from e
-    if num_workers(strategy) > 1:
-        patch_keras_for_multi_worker()
     return strategy
 
 
@@ -203,13 +202,24 @@ def _multi_worker(strategy):
             and num_workers(strategy) > 1)
 
 
-def patch_keras_for_multi_worker():
+_FIXES = {"depth": 0, "originals": None}
+
+
+@contextlib.contextmanager
+def multi_worker_fixes(strategy):
     """Works around two failures of Keras 3's TensorFlow trainer under a
     `MultiWorkerMirroredStrategy` spanning several workers (seen with
     Keras 3.15 / TF 2.21; reported upstream as keras-team/keras#20585 and
-    tensorflow/tensorflow#72388), without changing anything for other
-    strategies. Idempotent; `make_strategy` and `training.Runner` call it
-    for multi-worker strategies.
+    tensorflow/tensorflow#72388), *only while the block runs* and only
+    when `strategy` spans several workers: for any other strategy (or
+    none) it changes nothing. On exit the Keras internals are restored
+    (nested blocks are counted), so nothing outside the block -- other
+    models, other strategies in the process -- sees a patched Keras.
+    `training.Runner.run` trains inside it; wrap your own `fit` /
+    `evaluate` under a multi-worker strategy the same way:
+
+        with distribute.multi_worker_fixes(strategy):
+            distiller.fit(ds, epochs=...)
 
     1. `fit`/`evaluate` build the model symbolically from a first batch,
        which they all-reduce across workers with `strategy.reduce("MEAN",
@@ -222,18 +232,38 @@ def patch_keras_for_multi_worker():
        dimensions"). Scalars are averaged with `axis=None` (the mean over
        replicas, as Keras does on one machine).
     """
-    from keras.src import tree
+    if strategy is None or num_workers(strategy) <= 1:
+        yield
+        return
     from keras.src.backend.tensorflow import trainer as tf_trainer
 
-    if getattr(tf_trainer, "_keras_semkd_multi_worker", False):
-        return
-    import tensorflow as tf
+    if _FIXES["depth"] == 0:
+        originals = (getattr(tf_trainer.TensorFlowTrainer,
+                             "_maybe_symbolic_build", None),
+                     getattr(tf_trainer, "reduce_per_replica", None))
+        if None in originals:  # A Keras without these internals.
+            yield
+            return
+        _FIXES["originals"] = originals
+        build, reduce = _fixed(*originals)
+        tf_trainer.TensorFlowTrainer._maybe_symbolic_build = build
+        tf_trainer.reduce_per_replica = reduce
+    _FIXES["depth"] += 1
+    try:
+        yield
+    finally:
+        _FIXES["depth"] -= 1
+        if _FIXES["depth"] == 0:
+            build, reduce = _FIXES["originals"]
+            tf_trainer.TensorFlowTrainer._maybe_symbolic_build = build
+            tf_trainer.reduce_per_replica = reduce
+            _FIXES["originals"] = None
 
-    original_build = getattr(tf_trainer.TensorFlowTrainer,
-                             "_maybe_symbolic_build", None)
-    original_reduce = getattr(tf_trainer, "reduce_per_replica", None)
-    if original_build is None or original_reduce is None:
-        return  # A Keras without these internals: nothing to patch.
+
+def _fixed(original_build, original_reduce):
+    """The patched `_maybe_symbolic_build` and `reduce_per_replica`."""
+    from keras.src import tree
+    import tensorflow as tf
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         strategy = self._distribute_strategy
@@ -263,6 +293,4 @@ def patch_keras_for_multi_worker():
 
         return tree.map_structure(reduce, values)
 
-    tf_trainer.TensorFlowTrainer._maybe_symbolic_build = _maybe_symbolic_build
-    tf_trainer.reduce_per_replica = reduce_per_replica
-    tf_trainer._keras_semkd_multi_worker = True
+    return _maybe_symbolic_build, reduce_per_replica

@@ -850,9 +850,6 @@ class Runner:
         self.eval_info = eval_info
         # Multi-worker: each worker evaluates its share of every batch.
         self.eval_ds = distribute.prepare_dataset(eval_ds, self.strategy)
-        if distribute.num_workers(self.strategy) > 1:
-            # Keras 3 needs two fixes to fit under multi-worker strategies.
-            distribute.patch_keras_for_multi_worker()
         scope = self.strategy.scope() if self.strategy else _null_scope()
         with scope:
             optimizer = build.sgd_optimizer(recipe.optimizer, steps)
@@ -1029,7 +1026,9 @@ class Runner:
 
         Returns the report dict (also written to `report.json`).
         """
-        with self.lock():
+        # Keras 3 needs two fixes to fit under multi-worker strategies
+        # (a no-op for any other strategy).
+        with self.lock(), distribute.multi_worker_fixes(self.strategy):
             return self._run(verbose, callbacks)
 
     def _run(self, verbose, callbacks):
@@ -1182,3 +1181,32 @@ class _null_scope:
 
     def __exit__(self, *exc):
         return False
+
+
+def train_quick_teacher(recipe, epochs, weights_path, run_dir, verbose=1,
+                        overwrite=False, **runner_kwargs):
+    """The one quick-teacher routine of the scripts: trains
+    `recipe.teacher` alone (`configs.recipes.quick_teacher_recipe`: the same
+    data, classes and seed, `epochs` epochs) in its own resumable run
+    directory `run_dir`, and writes its last weights to `weights_path`.
+
+    `overwrite=True` starts `run_dir` over. Returns the teacher run's
+    report (`report["last"]["top1"]` on `report["eval"]`).
+    """
+    from keras_semkd.configs import recipes as recipes_lib
+
+    if recipe.teacher is None:
+        raise ValueError(
+            f"Recipe {recipe.name!r} has no teacher to train.")
+    if overwrite and os.path.isdir(run_dir):
+        shutil.rmtree(run_dir)
+    teacher_recipe = recipes_lib.quick_teacher_recipe(recipe, epochs)
+    logging.info("No teacher weights: training a quick %s teacher for %d "
+                 "epoch(s) in %s first.", recipe.teacher, epochs, run_dir)
+    report = Runner(teacher_recipe, run_dir, **runner_kwargs).run(
+        verbose=verbose)
+    os.makedirs(os.path.dirname(os.path.abspath(weights_path)),
+                exist_ok=True)
+    shutil.copyfile(os.path.join(run_dir, "checkpoints", "last.weights.h5"),
+                    weights_path)
+    return report

@@ -71,6 +71,54 @@ def test_single_worker_datasets_are_left_alone():
     distribute.check_same_on_all_workers(None, (1, 2), "anything")
 
 
+class _FakeResolver:
+    def __init__(self, workers):
+        self.workers = workers
+
+    def cluster_spec(self):
+        class _Spec:
+            def as_dict(spec):
+                return {"worker": [f"w{i}" for i in range(self.workers)]}
+
+        return _Spec()
+
+
+class _FakeStrategy:
+    def __init__(self, workers):
+        self.cluster_resolver = _FakeResolver(workers)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute only")
+def test_multi_worker_fixes_are_scoped_to_their_block():
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    originals = (tf_trainer.TensorFlowTrainer._maybe_symbolic_build,
+                 tf_trainer.reduce_per_replica)
+
+    def current():
+        return (tf_trainer.TensorFlowTrainer._maybe_symbolic_build,
+                tf_trainer.reduce_per_replica)
+
+    # No strategy, or one spanning one worker: nothing is touched.
+    for strategy in (None, _FakeStrategy(1)):
+        with distribute.multi_worker_fixes(strategy):
+            assert current() == originals
+    # Several workers: patched inside (nested blocks too), restored after.
+    with distribute.multi_worker_fixes(_FakeStrategy(2)):
+        patched = current()
+        assert patched[0] is not originals[0]
+        assert patched[1] is not originals[1]
+        with distribute.multi_worker_fixes(_FakeStrategy(2)):
+            assert current() == patched
+        assert current() == patched
+    assert current() == originals
+    # Restored on an error inside the block as well.
+    with pytest.raises(RuntimeError):
+        with distribute.multi_worker_fixes(_FakeStrategy(2)):
+            raise RuntimeError("boom")
+    assert current() == originals
+
+
 def test_learning_rate_scaling():
     assert distribute.scale_learning_rate(0.05, 128) == pytest.approx(0.1)
     with pytest.raises(ValueError, match="global_batch=0"):
