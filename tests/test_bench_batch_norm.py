@@ -13,6 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow",
                     reason="the fused kernel is TensorFlow's")
+@pytest.mark.slow  # a benchmark harness, not library behaviour
 def test_bench_batch_norm_smallest_run(tmp_path):
     out = tmp_path / "bn.json"
     proc = subprocess.run(

@@ -59,6 +59,7 @@ def test_torch_reference_distill_step_runs():
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow",
                     reason="the script runs on the default TF backend")
+@pytest.mark.slow  # a benchmark harness, not library behaviour
 def test_script_smallest_run_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT,

@@ -41,6 +41,7 @@ def test_unknown_variant_fails_before_any_training(tmp_path):
     assert not os.path.exists(tmp_path / "p" / "kd")
 
 
+@pytest.mark.slow  # ~75 s idle, 145 s loaded: the benchmark's own smoke run
 def test_smoke_protocol_trains_reports_and_resumes(tmp_path):
     if data_lib.default_cifar100_dir() is None:
         pytest.skip("no local CIFAR-100 copy (../shared/data)")

@@ -371,8 +371,11 @@ def _check_round_trip(name, tmp_path, **kwargs):
     got = _forward(loaded, _images())
     assert set(got) == set(expected)
     for key in expected:
-        np.testing.assert_allclose(got[key], expected[key], rtol=1e-6,
-                                   atol=1e-6, err_msg=key)
+        # 1e-5: oneDNN may pick another float32 kernel for the reloaded
+        # graph (seen on an AMX Xeon: 2e-6 apart); a wrong or missing
+        # weight is off by orders of magnitude more.
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-5,
+                                   atol=1e-5, err_msg=key)
     assert len(loaded.losses) == len(model.losses)
 
 
