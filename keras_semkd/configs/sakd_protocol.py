@@ -28,6 +28,7 @@ from keras_semkd.configs.experiment import DataConfig
 from keras_semkd.configs.experiment import OptimizerConfig
 from keras_semkd.configs.experiment import Recipe
 from keras_semkd.configs.experiment import Term
+from keras_semkd.configs.recipes import SAKD_V1  # noqa: F401 (re-export)
 
 #: One carve-out for everything: 10 % of train, stratified, seed 0.
 DATA = DataConfig(batch_size=64, validation_split=0.1, split_seed=0)
@@ -85,16 +86,7 @@ def _baselines():
 
 _KD = Term("kd", 0.9, {"temperature": 4.0})
 
-#: The first SAKD design (the library's default until issue #9): 4x4 grid,
-#: cosine tokens, one co-trained head on all stages, 1-epoch warm-up.
-SAKD_V1 = {
-    "teacher_keys": "@stages", "mode": "spatial", "grid": 4,
-    "temperature": 0.1, "token_norm": "position", "alignment": "kl",
-    "alignment_weight": 1.0, "semantic": "shared", "head_scope": "joint",
-    "head_input": "uniformized", "head_weight": 1.0,
-    "semantic_ce_weight": 1.0, "semantic_kd_weight": 1.0,
-    "head_temperature": 4.0, "warmup_epochs": 1, "prefit_steps": 0,
-}
+#: The first SAKD design (v1), pinned: `configs.recipes.SAKD_V1`.
 
 #: Native-resolution alignment: each pair pooled to the smaller of its two
 #: grids (at most 8x8).

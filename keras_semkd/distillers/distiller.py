@@ -517,6 +517,28 @@ class Distiller(keras.Model):
             self.check_data(validation_data, require_indices=False)
         return super().fit(x, y, *args, **kwargs)
 
+    def train_on_batch(self, x, y=None, *args, **kwargs):
+        self.check_prefitted()
+        return super().train_on_batch(x, y, *args, **kwargs)
+
+    def check_prefitted(self):
+        """Raises if a term has parts to fit on the teacher before
+        training (SAKD's frozen branches) that are not fitted yet: `fit`
+        does it first; `train_on_batch` and custom loops need
+        `prefit_terms` (or they would train against random frozen
+        branches)."""
+        pending = [t.name for t in self.distillation_terms
+                   if t.needs_prefit()]
+        if pending:
+            raise ValueError(
+                f"Terms {pending} fit parts of themselves on the frozen "
+                "teacher before training (e.g. SAKD's teacher branches, "
+                "prefit_steps > 0), and that has not run yet. Train with "
+                "`fit`, which does it first, or call "
+                "`distiller.prefit_terms(x, y)` on training data before "
+                "`train_on_batch` (or pass prefit_steps=0 to co-train "
+                "the branches instead).")
+
     def prefit_terms(self, x, y=None, batch_size=None, verbose=1):
         """Lets every term fit its teacher-side parts before training
         (`DistillationLoss.prefit`; a no-op for most terms and once

@@ -212,6 +212,11 @@ class DistillationLoss(keras.layers.Layer):
         resumed run skips it). The default does nothing."""
         return None
 
+    def needs_prefit(self):
+        """Whether `prefit` has work left: training before it would use
+        unfitted parts (the Distiller refuses to). The default: never."""
+        return False
+
     def set_epoch(self, epoch):
         """Called by the `Distiller` at the start of every epoch (0-based).
 

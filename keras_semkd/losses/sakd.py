@@ -191,6 +191,20 @@ class SAKDLoss(DistillationLoss):
     public); `docs/method.md` gives the choices, the alternatives and the
     screening numbers. Logit KD is not part of this loss: add a `"kd"` term.
 
+    **Defaults** are the design chosen on validation (docs/method.md §3,
+    "v2"): each stage pair aligned on its own grid (the smaller map's,
+    capped at 8x8) with map-normalized tokens; per-stage twin branches on
+    the stage maps pooled to 4x4, the teacher's prefitted for 1000 batches
+    and frozen, the student's trained with `β = γ = 0.1`; no warm-up. The
+    first design (v1: one 4x4 grid, per-position cosine tokens, one
+    co-trained head on the uniformized vectors, `β = γ = 1`, a 1-epoch
+    warm-up) is `keras_semkd.configs.recipes.SAKD_V1`.
+
+    With the default prefit, train through `Distiller.fit` (which prefits
+    first) or call `Distiller.prefit_terms(x, y)` before
+    `train_on_batch`; the Distiller refuses to train on unfitted frozen
+    branches.
+
     Args:
         teacher_keys / student_keys: stage outputs paired element-wise
             (default `("stage1", "stage2", "stage3")`).
@@ -230,25 +244,25 @@ class SAKDLoss(DistillationLoss):
         teacher_keys=("stage1", "stage2", "stage3"),
         student_keys=None,
         mode="spatial",
-        grid=4,
+        grid="smaller",
         temperature=0.1,
         groups=4,
-        token_norm="position",
+        token_norm="map",
         max_grid=8,
         alignment="kl",
         alignment_weight=1.0,
-        semantic="shared",
-        head_scope="joint",
-        head_input="uniformized",
-        pool_grid=1,
+        semantic="separate",
+        head_scope="per_stage",
+        head_input="pooled",
+        pool_grid=4,
         num_classes=None,
         head_hidden_units=(256,),
         head_weight=1.0,
-        semantic_ce_weight=1.0,
-        semantic_kd_weight=1.0,
+        semantic_ce_weight=0.1,
+        semantic_kd_weight=0.1,
         head_temperature=4.0,
-        warmup_epochs=1,
-        prefit_steps=0,
+        warmup_epochs=0,
+        prefit_steps=1000,
         prefit_learning_rate=1e-3,
         confidence_weighting=False,
         **kwargs,
@@ -506,6 +520,11 @@ class SAKDLoss(DistillationLoss):
         if not self.frozen_branches:
             return True
         return float(ops.convert_to_numpy(self.prefitted)) > 0.5
+
+    def needs_prefit(self):
+        """Frozen branches not prefitted yet (built terms only)."""
+        return (self.frozen_branches and self.built
+                and not self.is_prefitted())
 
     def prefit(self, teacher, x, y=None, batch_size=None, verbose=1):
         """Fits the teacher branches on the frozen `teacher`, then freezes

@@ -115,7 +115,8 @@ def test_cpu_protocol_recipes():
         assert terms["sakd"].kwargs[key] == value
         # Everything else is the full SAKD recipe.
         rest = {k: x for k, x in terms["sakd"].kwargs.items() if k != key}
-        assert rest == dict(sakd["sakd"].kwargs)
+        assert rest == {k: x for k, x in sakd["sakd"].kwargs.items()
+                        if k != key}
         assert terms["kd"] == sakd["kd"]
     assert configs.get("cpu_protocol-kd_bf16").mixed_precision == \
         "mixed_bfloat16"

@@ -39,7 +39,7 @@ ALL_TERMS = [
     {"name": "at", "weight": 100.0},
     {"name": "crd", "weight": 0.5, "num_data": 16, "nce_k": 8,
      "feat_dim": 16},
-    {"name": "sakd", "weight": 1.0},
+    {"name": "sakd", "weight": 1.0, "prefit_steps": 2},
 ]
 
 

@@ -45,7 +45,7 @@ def test_smaller_grid_per_pair():
     assert pair_grid((None, 32, 32, 16), (None, 16, 16, 12), 8) == (8, 8)
     assert pair_grid((None, 8, 8, 64), (None, 4, 4, 48), 8) == (4, 4)
     assert pair_grid((None, 8, 6, 64), (None, 4, 12, 48), 8) == (4, 6)
-    loss = build(grid="smaller", semantic="none")
+    loss = build(grid="smaller", semantic="none", token_norm="position")
     assert [u.grid for u in loss.uniformizations] == [(4, 4), (2, 2)]
     teacher, student = features(T_SHAPES, 1), features(S_SHAPES, 2)
     got = np.asarray(loss.compute_terms(teacher, student)["alignment"])
@@ -122,7 +122,8 @@ def test_confidence_weighting_scales_each_example_alignment():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"confidence_weighting": True}, "confidence_weighting"),
+    ({"confidence_weighting": True, "prefit_steps": 0},
+     "confidence_weighting"),
     ({"grid": "larger"}, "grid=.larger."),
     ({"prefit_steps": -1}, "prefit_steps=-1"),
     ({"prefit_learning_rate": 0}, "prefit_learning_rate=0"),
@@ -149,8 +150,9 @@ def _distiller(**sakd):
 
 @pytest.mark.parametrize("variant", [
     dict(TWIN, confidence_weighting=True, token_norm="map"),
-    dict(semantic="shared", prefit_steps=3, semantic_ce_weight=0.0,
-         grid="smaller", warmup_epochs=0),
+    dict(semantic="shared", head_scope="joint", head_input="uniformized",
+         prefit_steps=3, semantic_ce_weight=0.0, grid="smaller",
+         warmup_epochs=0),
 ])
 def test_fit_prefits_once_then_keeps_branches_frozen(variant, tmp_path):
     distiller = _distiller(**variant)
@@ -196,3 +198,28 @@ def test_teacher_only_branches_weight_the_alignment_only():
         rtol=1e-6)
     with pytest.raises(ValueError, match="semantic='teacher'"):
         SAKDLoss(semantic="teacher", prefit_steps=10)
+
+
+def test_defaults_are_the_chosen_design():
+    """`SAKDLoss()` is the design the screening chose (the protocols'
+    `sakd` arm, `configs.sakd_protocol.CHOSEN`), not the first one."""
+    from keras_semkd.configs import sakd_protocol
+
+    assert SAKDLoss().get_config() == SAKDLoss(
+        **sakd_protocol.CHOSEN).get_config()
+    v1 = {k: v for k, v in sakd_protocol.SAKD_V1.items()
+          if k != "teacher_keys"}
+    assert SAKDLoss(**v1).get_config() != SAKDLoss().get_config()
+
+
+def test_train_on_batch_refuses_unfitted_frozen_branches():
+    distiller = _distiller(prefit_steps=2)  # the defaults otherwise
+    term = distiller.distillation_terms[0]
+    assert term.frozen_branches and term.needs_prefit()
+    x, y = tiny_batch(batch=8)
+    with pytest.raises(ValueError, match=r"\['sakd'\].*prefit_terms"):
+        distiller.train_on_batch(x, y)
+    distiller.prefit_terms(x, y, batch_size=8, verbose=0)
+    assert not term.needs_prefit()
+    logs = distiller.train_on_batch(x, y, return_dict=True)
+    assert np.isfinite(logs["distill/sakd"])
