@@ -141,6 +141,10 @@ def _distiller(teacher_name, student_name, terms, batch):
                       student_loss_weight=0.1)
     model.compile(optimizer=_sgd(), metrics=_metrics(),
                   jit_compile=_jit_compile())
+    # SAKD's teacher branches are fitted before training, not in a step:
+    # two batches here (their quality does not change a step's cost).
+    model.prefit_terms(batch[0], batch[1], batch_size=len(batch[0]),
+                       steps=2, verbose=0)
     return KerasPeer(model, batch)
 
 

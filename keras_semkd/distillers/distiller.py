@@ -539,21 +539,24 @@ class Distiller(keras.Model):
                 "`train_on_batch` (or pass prefit_steps=0 to co-train "
                 "the branches instead).")
 
-    def prefit_terms(self, x, y=None, batch_size=None, verbose=1):
+    def prefit_terms(self, x, y=None, batch_size=None, verbose=1,
+                     steps=None):
         """Lets every term fit its teacher-side parts before training
         (`DistillationLoss.prefit`; a no-op for most terms and once
         done). `fit` calls it; call it yourself to prefit without
-        training."""
+        training (e.g. before `train_on_batch`). `steps` overrides each
+        term's own number of prefit batches."""
         verbose = 1 if verbose == "auto" else verbose
         strategy = getattr(self, "_distribute_strategy", None)
         for term in self.distillation_terms:
             if strategy is not None:
                 with strategy.scope():
                     term.prefit(self.teacher_view, x, y,
-                                batch_size=batch_size, verbose=verbose)
+                                batch_size=batch_size, verbose=verbose,
+                                steps=steps)
             else:
                 term.prefit(self.teacher_view, x, y, batch_size=batch_size,
-                            verbose=verbose)
+                            verbose=verbose, steps=steps)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         self.check_data(x, y, require_indices=False)

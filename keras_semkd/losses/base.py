@@ -204,12 +204,14 @@ class DistillationLoss(keras.layers.Layer):
             indices=indices,
         )
 
-    def prefit(self, teacher, x, y=None, batch_size=None, verbose=1):
+    def prefit(self, teacher, x, y=None, batch_size=None, verbose=1,
+               steps=None):
         """Called by `Distiller.fit` before training with the frozen
         teacher and the training data, for terms that fit parts of
         themselves on the teacher first (SAKD's frozen branches). Must be
         a no-op once done (the state lives in the term's variables, so a
-        resumed run skips it). The default does nothing."""
+        resumed run skips it). `steps` overrides the term's own number of
+        batches (tests, timing). The default does nothing."""
         return None
 
     def needs_prefit(self):

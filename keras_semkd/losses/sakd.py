@@ -526,7 +526,8 @@ class SAKDLoss(DistillationLoss):
         return (self.frozen_branches and self.built
                 and not self.is_prefitted())
 
-    def prefit(self, teacher, x, y=None, batch_size=None, verbose=1):
+    def prefit(self, teacher, x, y=None, batch_size=None, verbose=1,
+               steps=None):
         """Fits the teacher branches on the frozen `teacher`, then freezes
         them (see the class docstring). Called by `Distiller.fit` before
         the first step; a no-op when already done (also after a resume)
@@ -540,6 +541,9 @@ class SAKDLoss(DistillationLoss):
             y: labels when `x` is an array.
             batch_size: batch size when `x` is an array (default 64).
             verbose: Keras progress bar of the prefit.
+            steps: batches to fit (default `prefit_steps`); fewer only
+                make sense where the branches' quality does not matter
+                (tests, step timing).
         """
         if self.is_prefitted():
             return None
@@ -570,8 +574,11 @@ class SAKDLoss(DistillationLoss):
             loss=[keras.losses.SparseCategoricalCrossentropy(
                 from_logits=True)] * len(logits),
         )
-        data, fit_kwargs = _prefit_data(x, y, batch_size, self.prefit_steps,
-                                        len(logits))
+        steps = self.prefit_steps if steps is None else int(steps)
+        if steps < 1:
+            raise ValueError(
+                f"prefit steps must be >= 1. Received: steps={steps!r}")
+        data, fit_kwargs = _prefit_data(x, y, batch_size, steps, len(logits))
         if isinstance(data, tuple):
             model.fit(*data, verbose=verbose, **fit_kwargs)
         else:

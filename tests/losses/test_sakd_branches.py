@@ -223,3 +223,15 @@ def test_train_on_batch_refuses_unfitted_frozen_branches():
     assert not term.needs_prefit()
     logs = distiller.train_on_batch(x, y, return_dict=True)
     assert np.isfinite(logs["distill/sakd"])
+
+
+def test_prefit_steps_can_be_overridden_per_call():
+    distiller = _distiller()  # prefit_steps=1000 by default
+    term = distiller.distillation_terms[0]
+    x, y = tiny_batch(batch=8)
+    with pytest.raises(ValueError, match="steps=0"):
+        term.prefit(distiller.teacher_view, x, y, batch_size=8, steps=0)
+    model = term.prefit(distiller.teacher_view, x, y, batch_size=8,
+                        steps=3, verbose=0)
+    assert len(model.history.epoch) == 3  # one batch of 8 per epoch
+    assert term.is_prefitted() and not term.needs_prefit()
