@@ -50,9 +50,12 @@ def test_a_torn_line_is_reported_with_its_number(tmp_path):
 def test_plan_skips_recorded_runs_seeds_outermost(tmp_path):
     options = runs.Options(results_dir=str(tmp_path))
     jobs = runs.plan_jobs("confirmation", options)
-    n_arms = sum(len(a) for a in spec.CONFIRMATION["arms"].values())
+    # The student alone is one run per seed, shared by both pairs.
+    n_arms = sum(len(a) for a in spec.CONFIRMATION["arms"].values()) - 1
     assert len(jobs) == n_arms * len(spec.CONFIRMATION["seeds"])
     assert all(j.endswith(":0") for j in jobs[:n_arms])
+    assert "confirmation:mbv2-r8:student:0" in jobs
+    assert "confirmation:r20-r8:student:0" not in jobs
     f = runs.results_file("confirmation", options)
     f.append(_line(pair="r20-r8", arm="kd", seed=0))
     left = runs.plan_jobs("confirmation", options)
@@ -60,6 +63,29 @@ def test_plan_skips_recorded_runs_seeds_outermost(tmp_path):
     assert "confirmation:r20-r8:kd:0" not in left
     with pytest.raises(KeyError, match="Unknown protocol arm"):
         runs.plan_jobs("confirmation", options, arms=["nope"])
+
+
+def test_student_alone_runs_once_and_is_shared_by_the_pairs(tmp_path):
+    options = runs.Options(results_dir=str(tmp_path))
+    f = runs.results_file("confirmation", options)
+    f.append(_line(pair="mbv2-r8", arm="student", seed=1, test_top1=43.2))
+    f.append(_line(pair="mbv2-r8", arm="kd", seed=1))
+    assert runs.share_pair_free_runs("confirmation", options) == 1
+    shared = [r for r in f.records() if r["pair"] == "r20-r8"]
+    assert len(shared) == 1  # the student alone only, not KD
+    line = shared[0]
+    assert (line["arm"], line["seed"], line["test_top1"]) == (
+        "student", 1, 43.2)
+    assert line["teacher"] == "resnet20"
+    assert line["shared_from"]["pair"] == "mbv2-r8"
+    assert line["recipe"]["name"] == "sakd_confirmation-r20-r8-student"
+    # Its recipe is the source run's but for the name.
+    source = runs.stage_recipe("confirmation", "mbv2-r8", "student", 1,
+                               options).to_dict()
+    assert {**line["recipe"], "name": source["name"]} == source
+    left = runs.plan_jobs("confirmation", options)
+    assert not any(j.endswith(":student:1") for j in left)
+    assert runs.share_pair_free_runs("confirmation", options) == 0
 
 
 def test_paired_comparison_matches_scipy():

@@ -129,13 +129,77 @@ def plan_jobs(stage, options, pairs=None, arms=None, seeds=None):
         for a in (arms or s_arms[p]):
             spec.arm_terms(a)
     done = results_file(stage, options).done_keys()
-    jobs = []
+    jobs, planned = [], {}
     for seed in seeds:
         for pair in pairs:
             for arm in (arms or s_arms[pair]):
-                if (pair, arm, seed) not in done:
-                    jobs.append(job_id(stage, pair, arm, seed))
+                if (pair, arm, seed) in done:
+                    continue
+                # A run that does not depend on the pair (the student alone)
+                # runs once; its line is shared with the other pairs.
+                same = _pair_free_key(stage, pair, arm, seed, options)
+                if same is not None and same in planned:
+                    continue
+                if same is not None:
+                    planned[same] = pair
+                jobs.append(job_id(stage, pair, arm, seed))
     return jobs
+
+
+def _pair_free_key(stage, pair, arm, seed, options):
+    """For a run without a teacher (the student alone), a key that is equal
+    for every pair whose run would be the same computation (the recipe
+    without its name); `None` for runs that depend on the teacher."""
+    recipe = stage_recipe(stage, pair, arm, seed, options)
+    if recipe.teacher is not None or recipe.terms:
+        return None
+    config = recipe.to_dict()
+    config.pop("name")
+    return json.dumps(config, sort_keys=True)
+
+
+def share_pair_free_runs(stage, options, log=None):
+    """Records, for every pair, the lines of teacher-free runs (the student
+    alone) already run under another pair with the same recipe (but its
+    name): the same computation (same student, seed, data stream and
+    optimizer; checked equal where both were run), so it is run once. A
+    shared line keeps the run's numbers and cost and names its source in
+    `shared_from`. Returns the number of lines added."""
+    pairs, s_arms, seeds, _, _, _ = stage_plan(stage)
+    results = results_file(stage, options)
+    records = results.records()
+    done = {results.key(r) for r in records}
+    by_key = {}
+    for r in records:
+        if r.get("shared_from"):
+            continue
+        key = _pair_free_key(stage, r["pair"], r["arm"], r["seed"], options)
+        if key is not None:
+            by_key.setdefault(key, r)
+    added = 0
+    for seed in seeds:
+        for pair in pairs:
+            for arm in s_arms[pair]:
+                if (pair, arm, seed) in done:
+                    continue
+                key = _pair_free_key(stage, pair, arm, seed, options)
+                source = by_key.get(key) if key is not None else None
+                if source is None:
+                    continue
+                t_name, s_name = spec.PAIRS[pair]
+                line = dict(source, pair=pair, teacher=t_name,
+                            student=s_name, date=core.utc_now(),
+                            git_commit=core.git_commit(),
+                            recipe=stage_recipe(stage, pair, arm, seed,
+                                                options).to_dict(),
+                            shared_from={"pair": source["pair"],
+                                         "date": source["date"],
+                                         "git_commit": source["git_commit"]})
+                results.append(line)
+                added += 1
+                if log:
+                    log(f"shared {source['pair']}:{arm}:{seed} -> {pair}")
+    return added
 
 
 def job_cost(job):
@@ -202,6 +266,7 @@ def run_stage(stage, options, log, pairs=None, arms=None, seeds=None,
                 f"Teacher weights missing for {missing}: run "
                 "--stage=teachers first (or check out the shipped "
                 "weights/sakd_protocol/).")
+    share_pair_free_runs(stage, options, log)
     jobs = plan_jobs(stage, options, pairs, arms, seeds)
     log(f"{stage}: {len(jobs)} runs to do, {workers} at a time")
     results = results_file(stage, options)
@@ -210,10 +275,12 @@ def run_stage(stage, options, log, pairs=None, arms=None, seeds=None,
         _, pair, arm, seed = parse_job(job)
         return (pair, arm, seed) in results.done_keys()
 
-    return core.run_pool(jobs, _command(script, options), workers=workers,
-                         threads_per_worker=threads, log=log,
-                         log_path=_job_log(options), cost=job_cost,
-                         skip=recorded)
+    failures = core.run_pool(jobs, _command(script, options),
+                             workers=workers, threads_per_worker=threads,
+                             log=log, log_path=_job_log(options),
+                             cost=job_cost, skip=recorded)
+    share_pair_free_runs(stage, options, log)
+    return failures
 
 
 def build_teacher(model, options):
@@ -324,6 +391,7 @@ def run_job(job, options):
         "git_commit": core.git_commit(), "date": core.utc_now(),
         "recipe": recipe.to_dict(),
     })
+    share_pair_free_runs(stage, options)
 
 
 # ---------------------------------------------------------------------------
