@@ -843,6 +843,9 @@ class Runner:
             tf.config.experimental.enable_op_determinism()
         if recipe.mixed_precision:
             keras.mixed_precision.set_global_policy(recipe.mixed_precision)
+        # The training stream is built per epoch by `_datasets(epoch)` (a
+        # fixed function of (seed, epoch), so a resumed epoch sees the same
+        # batches); load_data's own train pipeline is lazy and left unused.
         _, eval_ds, train_info, eval_info, steps = load_data(
             recipe, self.data_dir)
         self.steps_per_epoch = steps
