@@ -4,6 +4,7 @@ confirmation, report (issue #9; docs/protocol.md, "SAKD protocols").
     python experiments/sakd_protocol.py --stage=teachers       # once, ~1.5 h
     python experiments/sakd_protocol.py --stage=screening      # designs, val
     python experiments/sakd_protocol.py --stage=confirmation   # ~8 h
+    python experiments/sakd_protocol.py --stage=followup       # new designs, val
     python experiments/sakd_protocol.py --stage=report         # tables, plots
 
 Every finished run appends one JSON line to
@@ -26,7 +27,8 @@ from absl import flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("stage", "report",
-                  ["teachers", "screening", "confirmation", "report"],
+                  ["teachers", "screening", "confirmation", "followup",
+                   "report"],
                   "What to run.")
 flags.DEFINE_list("pairs", None, "Pairs to run (default: the stage's).")
 flags.DEFINE_list("arms", None, "Arms to run (default: the stage's).")
@@ -70,7 +72,7 @@ def main(argv):
         protocol_runs.run_teachers(options, log, workers=FLAGS.workers,
                                    threads=FLAGS.threads_per_worker,
                                    script=__file__)
-    elif FLAGS.stage in ("screening", "confirmation"):
+    elif FLAGS.stage in ("screening", "confirmation", "followup"):
         started = time.time()
         failures = protocol_runs.run_stage(
             FLAGS.stage, options, log, pairs=FLAGS.pairs, arms=FLAGS.arms,
@@ -83,7 +85,7 @@ def main(argv):
         if failures:
             raise SystemExit(f"{len(failures)} runs failed: {failures}")
     else:
-        for stage in ("screening", "confirmation"):
+        for stage in ("screening", "confirmation", "followup"):
             protocol_runs.report(stage, options, log)
     print(json.dumps({"results_dir": options.results_dir}))
 

@@ -135,7 +135,7 @@ def test_summary_verdict_follows_the_issue_rule():
 
 
 def test_every_recipe_of_the_plans_resolves():
-    for stage in ("screening", "confirmation"):
+    for stage in ("screening", "confirmation", "followup"):
         pairs, arms, seeds, _, _, _ = runs.stage_plan(stage)
         for pair in pairs:
             for arm in arms[pair]:
@@ -217,3 +217,39 @@ def test_pool_skips_a_job_recorded_after_planning(tmp_path):
                                                          "-c", "pass"],
         workers=1, log=lambda *_: None, skip=lambda job: job == "b")
     assert failures == [] and started == ["a"]
+
+
+def test_followup_is_validation_only_and_paired_with_the_confirmation(
+        tmp_path):
+    options = runs.Options(results_dir=str(tmp_path))
+    jobs = runs.plan_jobs("followup", options)
+    arms = spec.FOLLOWUP["arms"]["mbv2-r8"]
+    assert len(jobs) == len(arms) * len(spec.FOLLOWUP["seeds"])
+    recipe = runs.stage_recipe("followup", "mbv2-r8", "sakd_ce1", 0,
+                               options)
+    same = runs.stage_recipe("confirmation", "mbv2-r8", "sakd", 0, options)
+    # The confirmation's settings; only the objective's weights differ.
+    assert (recipe.epochs, recipe.optimizer, recipe.data, recipe.seed) == (
+        same.epochs, same.optimizer, same.data, same.seed)
+    assert recipe.student_loss_weight == 1.0
+    assert recipe.terms[0] == same.terms[0]
+    assert runs.stage_plan("followup")[-1] is False  # no test scoring
+    conf = runs.results_file("confirmation", options)
+    for seed in range(3):
+        conf.append(_line(arm="sakd", seed=seed, val_top1=43.0 + seed,
+                          test_top1=44.0))
+        conf.append(_line(arm="at", seed=seed, val_top1=30.0))
+    conf.append(_line(arm="sakd", seed=4, val_top1=99.0))  # not followed up
+    f = runs.results_file("followup", options)
+    for seed in range(3):
+        f.append(_line(arm="sakd_ce1", seed=seed, val_top1=43.5 + seed,
+                       test_top1=None))
+    summary = runs.report("followup", options, log=lambda *_: None)
+    data = summary["pairs"]["mbv2-r8"]
+    assert summary["metric"] == "val_top1"
+    assert set(data["arms"]) == {"sakd", "sakd_ce1"}  # AT not compared
+    assert data["arms"]["sakd"]["n"] == 3
+    c = data["comparisons"]["sakd_ce1"]
+    assert c["mean_diff"] == pytest.approx(0.5) and c["wins"] == 3
+    assert os.path.getsize(os.path.join(
+        tmp_path, "sakd_followup", "sakd_followup_paired.png")) > 0

@@ -151,9 +151,20 @@ ARMS = {
 }
 
 
+#: Follow-up arms (after the confirmation, chosen on validation only): the
+#: confirmation's SAKD arms share KD's objective (CE 0.1 + KD 0.9), and on
+#: mbv2-r8 that KD is *below* the student alone while CRD (CE 1.0, no KD)
+#: is the best arm. So: the chosen SAKD with the full label term, with and
+#: without logit KD.
+FOLLOWUP_ARMS = {
+    "sakd_ce1": (1.0, (Term("sakd", 1.0, {**SAKD_V1, **CHOSEN}), _KD)),
+    "sakd_ce1_nokd": (1.0, (Term("sakd", 1.0, {**SAKD_V1, **CHOSEN}),)),
+}
+
+
 def arm_terms(arm):
     """`(student_loss_weight, terms)` of an arm."""
-    table = {**_baselines(), **ARMS, **SCREENING_ARMS}
+    table = {**_baselines(), **ARMS, **SCREENING_ARMS, **FOLLOWUP_ARMS}
     if arm not in table:
         raise KeyError(f"Unknown protocol arm {arm!r}. Known: "
                        f"{', '.join(sorted(table))}")
@@ -239,6 +250,18 @@ CONFIRMATION = {
     },
     "seeds": (0, 1, 2, 3, 4),
     "ablations": {"mbv2-r8": ("sakd_no_branch", "sakd_no_alignment")},
+}
+
+#: After the confirmation: new designs on the confirmation's settings (10
+#: epochs, the same seeds, so the same initial students and data streams),
+#: scored on *validation only* (no test image is read) and compared, paired,
+#: with the confirmation arms' validation top-1 of the same seeds.
+FOLLOWUP = {
+    "pairs": ("mbv2-r8",),
+    "arms": {"mbv2-r8": ("sakd_ce1", "sakd_ce1_nokd")},
+    "seeds": (0, 1, 2),
+    "base": "sakd",
+    "compare_to": ("sakd", "kd", "fitnet", "crd", "student"),
 }
 __all__ = ["DATA", "PAIRS", "TEACHERS", "ARMS", "SCREENING_ARMS",
            "student_recipe", "teacher_recipe", "teacher_weights_path",

@@ -84,7 +84,18 @@ def stage_plan(stage):
         c = spec.CONFIRMATION
         return (c["pairs"], c["arms"], c["seeds"], spec.STUDENT_EPOCHS,
                 None, True)
+    if stage == "followup":
+        f = spec.FOLLOWUP
+        return (f["pairs"], f["arms"], f["seeds"], spec.STUDENT_EPOCHS,
+                None, False)
     raise ValueError(f"Unknown stage {stage!r}")
+
+
+def base_arm(stage):
+    """The arm a non-confirmation stage compares every arm with
+    (`arm − base`): KD for screening, the confirmed SAKD for follow-ups."""
+    return spec.FOLLOWUP["base"] if stage == "followup" \
+        else spec.SCREENING_BASE
 
 
 def stage_recipe(stage, pair, arm, seed, options):
@@ -437,6 +448,15 @@ def summarize(records, stage):
                     if arm != spec.SCREENING_BASE:
                         comparisons[arm] = core.paired_comparison(
                             arms[arm], arms[spec.SCREENING_BASE])
+        elif stage == "followup":
+            # Follow-ups: every arm against the confirmed SAKD (arm − sakd),
+            # on validation, paired by seed with the confirmation's runs.
+            base = base_arm(stage)
+            if base in arms:
+                for arm in arms:
+                    if arm != base:
+                        comparisons[arm] = core.paired_comparison(
+                            arms[arm], arms[base])
         elif reference in arms:
             for arm in arms:
                 if arm != reference:
@@ -486,7 +506,7 @@ def markdown(summary, stage):
         lines.append(f"**{pair}** ({t} → {s}), {metric.replace('_', ' ')} "
                      "(%), mean ± std over seeds:\n")
         diff_name = (f"{spec.REFERENCE_ARM} − arm" if stage == "confirmation"
-                     else f"arm − {spec.SCREENING_BASE}")
+                     else f"arm − {base_arm(stage)}")
         head = "| arm | n | " + ("test top-1 | val top-1 |"
                                if stage == "confirmation" else
                                "val top-1 |") + \
@@ -585,7 +605,7 @@ def plot_paired(summary, stage, path):
                 b = data["arms"][arm]["per_seed"]
             else:
                 a = data["arms"][arm]["per_seed"]
-                b = data["arms"][spec.SCREENING_BASE]["per_seed"]
+                b = data["arms"][base_arm(stage)]["per_seed"]
             diffs = [a[s] - b[s] for s in c["seeds"]]
             ax.scatter(diffs, [i] * len(diffs), color="black", s=10,
                        zorder=3)
@@ -601,7 +621,7 @@ def plot_paired(summary, stage, path):
         ax.set_yticklabels(order, fontsize=8)
         t, s = spec.PAIRS[pair]
         what = (f"{spec.REFERENCE_ARM} − arm" if stage == "confirmation"
-                else f"arm − {spec.SCREENING_BASE}")
+                else f"arm − {base_arm(stage)}")
         ax.set_xlabel(f"paired difference, {what} "
                       f"({summary['metric'].replace('_', ' ')}, points)")
         ax.set_title(f"{stage}: {t} → {s}; mean and 95 % CI", fontsize=10)
@@ -616,6 +636,16 @@ def report(stage, options, log=print):
     if not records:
         log(f"{stage}: no recorded runs")
         return None
+    if stage == "followup":
+        # The reference arms are the confirmation's runs of the same seeds
+        # (validation top-1 only; their test numbers are not read here).
+        pairs = {r["pair"] for r in records}
+        seeds = {r["seed"] for r in records}
+        records = records + [
+            dict(r, test_top1=None)
+            for r in results_file("confirmation", options).records()
+            if r["pair"] in pairs and r["seed"] in seeds
+            and r["arm"] in spec.FOLLOWUP["compare_to"]]
     summary = summarize(records, stage)
     out = os.path.join(options.results_dir, f"sakd_{stage}")
     text = markdown(summary, stage)
