@@ -152,6 +152,19 @@ class _Record:
         return None
 
 
+
+def _walk(model, inputs, call):
+    """Runs `inputs` through `model` one operation at a time, each through
+    `call(op, *args, **kwargs)`: a `Sequential`'s layers in order, a
+    functional model's graph through Keras' own graph runner."""
+    if isinstance(model, keras.Sequential):
+        x = inputs
+        for layer in model.layers:
+            x = call(layer, x)
+        return x
+    return model._run_through_graph(inputs, operation_fn=lambda op: op,
+                                    call_fn=call)
+
 class _Tracer:
     """Calls every op of a model on new symbolic inputs, recording each call
     (path, op, inputs, outputs), nested functional/Sequential models traced
@@ -166,14 +179,8 @@ class _Tracer:
         # Called later with `training=...`, the view passes it to every op
         # that takes it, as the original model does (Keras' functional
         # call overrides a node's own `training` argument too).
-        if isinstance(model, keras.Sequential):
-            x = inputs
-            for layer in model.layers:
-                x = self._call(layer, prefix, x)
-            return x
-        return model._run_through_graph(
-            inputs, operation_fn=lambda op: op,
-            call_fn=lambda op, *a, **k: self._call(op, prefix, *a, **k))
+        return _walk(model, inputs,
+                     lambda op, *a, **k: self._call(op, prefix, *a, **k))
 
     def _call(self, op, prefix, *args, **kwargs):
         path = prefix + op.name
@@ -432,14 +439,8 @@ class _Builder:
         return candidate
 
     def build(self, model, inputs, prefix=""):
-        if isinstance(model, keras.Sequential):
-            x = inputs
-            for layer in model.layers:
-                x = self._call(layer, prefix, x)
-            return x
-        return model._run_through_graph(
-            inputs, operation_fn=lambda op: op,
-            call_fn=lambda op, *a, **k: self._call(op, prefix, *a, **k))
+        return _walk(model, inputs,
+                     lambda op, *a, **k: self._call(op, prefix, *a, **k))
 
     def _call(self, op, prefix, *args, **kwargs):
         path = prefix + op.name
