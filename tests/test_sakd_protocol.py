@@ -223,8 +223,13 @@ def test_followup_is_validation_only_and_paired_with_the_confirmation(
         tmp_path):
     options = runs.Options(results_dir=str(tmp_path))
     jobs = runs.plan_jobs("followup", options)
-    arms = spec.FOLLOWUP["arms"]["mbv2-r8"]
-    assert len(jobs) == len(arms) * len(spec.FOLLOWUP["seeds"])
+    n_arms = sum(len(a) for a in spec.FOLLOWUP["arms"].values())
+    assert len(jobs) == n_arms * len(spec.FOLLOWUP["seeds"])
+    bf16 = runs.stage_recipe("followup", "r20-r8", "sakd_bf16", 1, options)
+    fp32 = runs.stage_recipe("confirmation", "r20-r8", "sakd", 1, options)
+    assert bf16.mixed_precision == "mixed_bfloat16"
+    assert fp32.mixed_precision is None
+    assert bf16.terms == fp32.terms and bf16.data == fp32.data
     recipe = runs.stage_recipe("followup", "mbv2-r8", "sakd_ce1", 0,
                                options)
     same = runs.stage_recipe("confirmation", "mbv2-r8", "sakd", 0, options)
