@@ -134,6 +134,26 @@ def test_summary_verdict_follows_the_issue_rule():
     assert "| sakd | 5 |" in text and "does not win" in text
 
 
+def test_a_partial_table_says_so_and_a_complete_one_does_not():
+    pairs, arms, seeds, _, _, _ = runs.stage_plan("confirmation")
+    records = [_line(pair=p, arm=a, seed=s, test_top1=40.0 + s)
+               for p in pairs for a in arms[p] for s in seeds]
+    summary = runs.summarize(records, "confirmation")
+    assert summary["completeness"] == {
+        "recorded": len(records), "planned": len(records),
+        "min_seeds": len(seeds)}
+    assert "Partial" not in runs.markdown(summary, "confirmation")
+    dropped = [r for r in records
+               if not (r["arm"] == "crd" and r["seed"] == seeds[-1])]
+    summary = runs.summarize(dropped, "confirmation")
+    done = summary["completeness"]
+    assert done["recorded"] == len(records) - len(pairs)
+    assert done["min_seeds"] == len(seeds) - 1
+    text = runs.markdown(summary, "confirmation")
+    assert text.startswith(f"**Partial: {done['recorded']} of the "
+                           f"{len(records)} planned runs are recorded.**")
+
+
 def test_every_recipe_of_the_plans_resolves():
     for stage in ("screening", "confirmation", "followup"):
         pairs, arms, seeds, _, _, _ = runs.stage_plan(stage)

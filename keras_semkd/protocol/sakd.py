@@ -467,7 +467,21 @@ def summarize(records, stage):
             verdict = win_verdict(comparisons, pair)
         out["pairs"][pair] = {"arms": rows, "comparisons": comparisons,
                               "verdict": verdict}
+    out["completeness"] = completeness(records, stage)
     return out
+
+
+def completeness(records, stage):
+    """How much of a stage's plan the records hold: `{"recorded",
+    "planned", "min_seeds"}` over the planned (pair, arm, seed) runs."""
+    pairs, arms, seeds, _, _, _ = stage_plan(stage)
+    planned = {(p, a, int(s)) for p in pairs for a in arms[p] for s in seeds}
+    have = {(r["pair"], r["arm"], int(r["seed"])) for r in records
+            if r.get("protocol", f"sakd_{stage}") == f"sakd_{stage}"}
+    per_arm = [sum((p, a, int(s)) in have for s in seeds)
+               for p in pairs for a in arms[p]]
+    return {"recorded": len(planned & have), "planned": len(planned),
+            "min_seeds": min(per_arm) if per_arm else 0}
 
 
 def win_verdict(comparisons, pair):
@@ -501,6 +515,16 @@ def win_verdict(comparisons, pair):
 def markdown(summary, stage):
     metric = summary["metric"]
     lines = []
+    done = summary.get("completeness")
+    if done and done["recorded"] < done["planned"]:
+        lines.append(
+            f"**Partial: {done['recorded']} of the {done['planned']} planned "
+            "runs are recorded.** Means, paired differences, p-values and "
+            "wins cover only the seeds recorded so far; "
+            + ("the verdict applies the rule (which needs 5 seeds) to them "
+               "and is not the protocol's result."
+               if stage == "confirmation" else
+               "they are provisional.") + "\n")
     for pair, data in summary["pairs"].items():
         t, s = spec.PAIRS[pair]
         lines.append(f"**{pair}** ({t} → {s}), {metric.replace('_', ' ')} "
