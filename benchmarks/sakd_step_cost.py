@@ -10,6 +10,8 @@ wall and process-CPU milliseconds per step and the paired ratios to KD
 
     python benchmarks/sakd_step_cost.py --pair=mbv2-r8 \
         --arms=kd,align_native,conf,twin
+    python benchmarks/sakd_step_cost.py --pair=r20-r8 --arms=kd,sakd \
+        --policy=mixed_bfloat16   # one policy per process
 """
 
 import os
@@ -29,6 +31,9 @@ flags.DEFINE_list("arms", ["kd", "align_native", "conf", "twin"],
                   "Protocol arms (kd first: the reference).")
 flags.DEFINE_integer("rounds", 12, "Timed rounds (one step per arm each).")
 flags.DEFINE_integer("threads", 1, "TF intra-op threads.")
+flags.DEFINE_enum("policy", "float32", ["float32", "mixed_bfloat16"],
+                  "Keras dtype policy of every arm (a process-wide setting: "
+                  "compare policies in separate processes).")
 
 
 def _cpu():
@@ -44,6 +49,8 @@ def main(argv):
     tf.config.threading.set_inter_op_parallelism_threads(1)
     import keras
     import numpy as np
+
+    keras.mixed_precision.set_global_policy(FLAGS.policy)
 
     from keras_semkd import training
     from keras_semkd.configs import sakd_protocol as spec
@@ -83,7 +90,8 @@ def main(argv):
             wall[arm].append(time.perf_counter() - t0)
             cpu[arm].append(_cpu() - c0)
     ref = FLAGS.arms[0]
-    print(f"pair {FLAGS.pair}, batch 64, {FLAGS.threads} thread(s), "
+    print(f"pair {FLAGS.pair}, {FLAGS.policy}, batch 64, "
+          f"{FLAGS.threads} thread(s), "
           f"{FLAGS.rounds} rounds; {platform.processor() or platform.machine()}"
           f", {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"| arm | wall ms | CPU ms | paired wall / {ref} | "

@@ -6,6 +6,7 @@ confirmation, report (issue #9; docs/protocol.md, "SAKD protocols").
     python experiments/sakd_protocol.py --stage=confirmation   # ~8 h
     python experiments/sakd_protocol.py --stage=followup       # new designs, val
     python experiments/sakd_protocol.py --stage=report         # tables, plots
+    python experiments/sakd_protocol.py --stage=report --docs=docs/method.md,BENCHMARKS.md
 
 Every finished run appends one JSON line to
 `results/sakd_<stage>/runs.jsonl` (committed); running the same command
@@ -45,6 +46,10 @@ flags.DEFINE_bool("smoke", False,
                   "Tiny runs (2 steps per epoch, 1 epoch, 256 eval images) "
                   "into <results_dir>-smoke and <runs_dir>-smoke: checks the "
                   "stage end to end in minutes.")
+flags.DEFINE_list("docs", [],
+                  "Markdown files whose <!-- sakd_<stage>:table:start/end --> "
+                  "blocks get the freshly generated table "
+                  "(e.g. docs/method.md,BENCHMARKS.md).")
 flags.DEFINE_string("run_one", None, "Internal: the job id to run.")
 
 
@@ -81,12 +86,12 @@ def main(argv):
         log(f"{FLAGS.stage}: finished in "
             f"{(time.time() - started) / 3600:.2f} h, "
             f"{len(failures)} failures")
-        protocol_runs.report(FLAGS.stage, options, log)
+        protocol_runs.report(FLAGS.stage, options, log, docs=FLAGS.docs)
         if failures:
             raise SystemExit(f"{len(failures)} runs failed: {failures}")
     else:
         for stage in ("screening", "confirmation", "followup"):
-            protocol_runs.report(stage, options, log)
+            protocol_runs.report(stage, options, log, docs=FLAGS.docs)
     print(json.dumps({"results_dir": options.results_dir}))
 
 

@@ -278,3 +278,29 @@ def test_followup_is_validation_only_and_paired_with_the_confirmation(
     assert c["mean_diff"] == pytest.approx(0.5) and c["wins"] == 3
     assert os.path.getsize(os.path.join(
         tmp_path, "sakd_followup", "sakd_followup_paired.png")) > 0
+
+
+def test_report_pastes_its_table_into_marked_blocks_only(tmp_path):
+    options = runs.Options(results_dir=str(tmp_path))
+    f = runs.results_file("confirmation", options)
+    for seed in range(2):
+        for arm, v in (("kd", 40.0), ("sakd", 41.0)):
+            f.append(_line(arm=arm, seed=seed, test_top1=v + seed))
+    start, end = runs.table_markers("confirmation")
+    doc = os.path.join(tmp_path, "doc.md")
+    with open(doc, "w") as out:
+        out.write(f"intro\n{start}\nold table\n{end}\nafter\n")
+    other = os.path.join(tmp_path, "other.md")
+    with open(other, "w") as out:
+        out.write("no markers here\n")
+    runs.report("confirmation", options, log=lambda *_: None,
+                docs=[doc, other])
+    text = open(doc).read()
+    assert text.startswith(f"intro\n{start}\n**Partial: 4 of the ")
+    assert "old table" not in text and "| sakd | 2 |" in text
+    assert text.endswith(f"{end}\nafter\n")
+    assert open(other).read() == "no markers here\n"
+    with open(doc, "w") as out:
+        out.write(f"{start}\nno end\n")
+    with pytest.raises(ValueError, match="has no"):
+        runs.paste_table(doc, "confirmation", "x")

@@ -655,7 +655,10 @@ def plot_paired(summary, stage, path):
     plt.close(fig)
 
 
-def report(stage, options, log=print):
+def report(stage, options, log=print, docs=()):
+    """Writes a stage's table, summary and plots from its `runs.jsonl`;
+    pastes the table into the marked block of each Markdown file in `docs`
+    (`paste_table`)."""
     records = results_file(stage, options).records()
     if not records:
         log(f"{stage}: no recorded runs")
@@ -679,5 +682,34 @@ def report(stage, options, log=print):
         json.dump(summary, f, indent=1, default=str)
     plot(summary, stage, os.path.join(out, f"sakd_{stage}.png"))
     plot_paired(summary, stage, os.path.join(out, f"sakd_{stage}_paired.png"))
+    for doc in docs:
+        if paste_table(doc, stage, text):
+            log(f"{stage}: table pasted into {doc}")
     log("\n" + text)
     return summary
+
+
+def table_markers(stage):
+    """The HTML comments that enclose a stage's generated table in a
+    Markdown document (`paste_table`)."""
+    return (f"<!-- sakd_{stage}:table:start -->",
+            f"<!-- sakd_{stage}:table:end -->")
+
+
+def paste_table(path, stage, text):
+    """Replaces what lies between `table_markers(stage)` in the Markdown
+    file `path` with `text`; returns False when the file has no such block.
+    Raises ValueError on a start marker without its end."""
+    start, end = table_markers(stage)
+    with open(path, encoding="utf-8") as f:
+        doc = f.read()
+    i = doc.find(start)
+    if i < 0:
+        return False
+    j = doc.find(end, i)
+    if j < 0:
+        raise ValueError(f"{path}: {start} has no {end}")
+    doc = doc[:i + len(start)] + "\n" + text.strip() + "\n" + doc[j:]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(doc)
+    return True
