@@ -160,8 +160,8 @@ FOLLOWUP_ARMS = {
     "sakd_ce1": (1.0, (Term("sakd", 1.0, {**SAKD_V1, **CHOSEN}), _KD)),
     "sakd_ce1_nokd": (1.0, (Term("sakd", 1.0, {**SAKD_V1, **CHOSEN}),)),
     # The chosen SAKD in mixed_bfloat16 (issue #9 item 5: bf16 is used
-    # where shown equal to float32; on this CPU it makes a resnet20 ->
-    # resnet8 SAKD step 1.18x faster and a MobileNetV2 one 0.89x).
+    # where shown equal to float32); its step-time measurements are in
+    # docs/method.md section 7.
     "sakd_bf16": ARMS["sakd"],
 }
 #: Recipe fields an arm sets besides its objective.
