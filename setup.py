@@ -58,7 +58,7 @@ setup(
         "gpu": ["tensorflow[and-cuda]>=2.16"],
         # GPU machines with JAX/CUDA only (this project's H100/H200 hosts).
         "jax-gpu": ["jax[cuda12]>=0.4.30"],
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "pytest-xdist>=3"],
         # Install tensorflow-serving-api with `--no-deps` (BUILD.md): its
         # dependency on `tensorflow` pulls the 570 MB GPU wheel.
         "bench": ["torch", "psutil"],
