@@ -563,6 +563,13 @@ def markdown(summary, stage):
     return "\n".join(lines)
 
 
+def _partial_tag(summary):
+    done = summary.get("completeness")
+    if done and done["recorded"] < done["planned"]:
+        return f" (partial, {done['recorded']}/{done['planned']} runs)"
+    return ""
+
+
 def plot(summary, stage, path):
     """One panel per pair: every seed as a dot, mean ± std as a bar, arms
     sorted by mean; the reference arm in blue."""
@@ -595,7 +602,8 @@ def plot(summary, stage, path):
         hi = max(max(arms[a]["per_seed"].values()) for a in order)
         ax.set_xlim(lo - 2, hi + 1)
         t, s = spec.PAIRS[pair]
-        ax.set_title(f"{stage}: {t} → {s}", fontsize=10)
+        ax.set_title(f"{stage}{_partial_tag(summary)}: {t} → {s}",
+                     fontsize=10)
         ax.set_xlabel(f"{summary['metric'].replace('_', ' ')} (%)")
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -648,7 +656,8 @@ def plot_paired(summary, stage, path):
                 else f"arm − {base_arm(stage)}")
         ax.set_xlabel(f"paired difference, {what} "
                       f"({summary['metric'].replace('_', ' ')}, points)")
-        ax.set_title(f"{stage}: {t} → {s}; mean and 95 % CI", fontsize=10)
+        ax.set_title(f"{stage}{_partial_tag(summary)}: {t} → {s}; "
+                     "mean and 95 % CI", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
