@@ -139,3 +139,20 @@ def test_nothing_imports_the_scripts(folder):
                     if name.split(".")[0] in ("experiments", "benchmarks"):
                         bad.append((os.path.relpath(path, ROOT), name))
     assert not bad, bad
+
+
+def test_no_loss_imports_another_loss():
+    """Shared numerics live in `keras_semkd.utils`; a loss module imports
+    only the losses' base (issue #12)."""
+    allowed = {"keras_semkd.losses", "keras_semkd.losses.base"}
+    bad = {}
+    for name, path in MODULES.items():
+        if not name.startswith("keras_semkd.losses.") or \
+                name == "keras_semkd.losses.base":
+            continue
+        others = {m for m in _imports(path)
+                  if m.startswith("keras_semkd.losses") and m not in allowed
+                  and m in MODULES}
+        if others:
+            bad[name] = sorted(others)
+    assert not bad, bad

@@ -1,33 +1,15 @@
 """Classic knowledge distillation (Hinton et al., 2015)."""
 
-from keras import ops
 
 from keras_semkd.losses.base import DistillationLoss
 from keras_semkd.losses.base import register_loss
+from keras_semkd.utils import numerics
 
 
-def kd_loss(teacher_logits, student_logits, temperature=4.0):
-    """Per-example Hinton KD loss.
-
-    `T² · KL(softmax(z_t / T) ‖ softmax(z_s / T))`, summed over classes,
-    one value per example (the batch mean is taken by the caller, so this
-    is RepDistiller's `DistillKL`: `KL(..., reduction="sum") * T² / B`).
-
-    Args:
-        teacher_logits: `(batch, classes)` teacher logits.
-        student_logits: `(batch, classes)` student logits.
-        temperature: softening temperature `T > 0`.
-
-    Returns:
-        `(batch,)` float32 tensor.
-    """
-    t = ops.cast(teacher_logits, "float32") / temperature
-    s = ops.cast(student_logits, "float32") / temperature
-    log_p_t = ops.log_softmax(t, axis=-1)
-    log_p_s = ops.log_softmax(s, axis=-1)
-    p_t = ops.exp(log_p_t)
-    kl = ops.sum(p_t * (log_p_t - log_p_s), axis=-1)
-    return kl * (temperature**2)
+#: Per-example Hinton KD loss (`keras_semkd.utils.numerics.kd_loss`; the
+#: function lives with the shared numerics so other losses use it without
+#: importing this module).
+kd_loss = numerics.kd_loss
 
 
 @register_loss("kd")

@@ -22,8 +22,8 @@ from keras_semkd.layers.semantic_head import SemanticHead
 from keras_semkd.layers.uniformization import AttentionUniformization
 from keras_semkd.losses.base import DistillationLoss
 from keras_semkd.losses.base import register_loss
-from keras_semkd.losses.kd import kd_loss
 from keras_semkd.utils.numerics import adaptive_average_pool
+from keras_semkd.utils.numerics import kd_loss
 
 ALIGNMENTS = ("kl", "mse", "cosine")
 SEMANTICS = ("shared", "separate", "teacher", "none")
