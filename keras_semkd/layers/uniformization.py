@@ -55,6 +55,7 @@ import numpy as np
 from keras import ops
 
 from keras_semkd.utils.numerics import adaptive_average_pool
+from keras_semkd.utils.numerics import l2_normalize
 
 MODES = ("spatial", "channel", "grouped")
 TOKEN_NORMS = ("position", "map")
@@ -79,8 +80,9 @@ def _normalize_grid(grid):
 
 
 def _l2_normalize(x, axis):
-    sq = ops.sum(ops.square(x), axis=axis, keepdims=True)
-    return x * ops.rsqrt(ops.maximum(sq, _EPSILON))
+    # PyTorch's F.normalize with eps = 1e-6 (its squared norm floored at
+    # _EPSILON = 1e-12): the shared helper.
+    return l2_normalize(x, axis=axis, eps=math.sqrt(_EPSILON))
 
 
 def _log_softmax(logits):
