@@ -1,6 +1,5 @@
 """Classic knowledge distillation (Hinton et al., 2015)."""
 
-
 from keras_semkd.losses.base import DistillationLoss
 from keras_semkd.losses.base import register_loss
 from keras_semkd.utils import numerics

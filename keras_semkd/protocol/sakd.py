@@ -515,8 +515,8 @@ def win_verdict(comparisons, pair):
 def markdown(summary, stage):
     metric = summary["metric"]
     lines = []
-    done = summary.get("completeness")
-    if done and done["recorded"] < done["planned"]:
+    done = _partial(summary)
+    if done:
         lines.append(
             f"**Partial: {done['recorded']} of the {done['planned']} planned "
             "runs are recorded.** Means, paired differences, p-values and "
@@ -563,11 +563,17 @@ def markdown(summary, stage):
     return "\n".join(lines)
 
 
-def _partial_tag(summary):
+def _partial(summary):
+    """The summary's completeness when it covers only part of the plan,
+    else None."""
     done = summary.get("completeness")
-    if done and done["recorded"] < done["planned"]:
-        return f" (partial, {done['recorded']}/{done['planned']} runs)"
-    return ""
+    return done if done and done["recorded"] < done["planned"] else None
+
+
+def _partial_tag(summary):
+    done = _partial(summary)
+    return (f" (partial, {done['recorded']}/{done['planned']} runs)"
+            if done else "")
 
 
 def plot(summary, stage, path):
