@@ -304,3 +304,25 @@ def test_report_pastes_its_table_into_marked_blocks_only(tmp_path):
         out.write(f"{start}\nno end\n")
     with pytest.raises(ValueError, match="has no"):
         runs.paste_table(doc, "confirmation", "x")
+
+
+def test_a_partial_table_says_when_the_rule_is_already_out_of_reach():
+    planned = len(spec.CONFIRMATION["seeds"])
+    allowed = planned - spec.WIN_RULE["wins"]  # seeds that may be lost
+    records = []
+    for seed in range(allowed + 1):
+        for arm, value in {"kd": 40.0, "fitnet": 40.2, "crd": 42.0}.items():
+            records.append(_line(arm=arm, seed=seed, test_top1=value))
+        records.append(_line(arm="sakd", seed=seed, test_top1=41.0))
+    summary = runs.summarize(records, "confirmation")
+    verdict = summary["pairs"]["mbv2-r8"]["verdict"]
+    # Behind CRD on allowed + 1 seeds: 4/5 positive cannot be reached.
+    assert verdict["out_of_reach"] == ["crd"]
+    text = runs.markdown(summary, "confirmation")
+    assert "Already decided (mbv2-r8)" in text
+    assert f"crd ({allowed + 1} seeds not positive)" in text
+    # One seed fewer behind CRD: the missing seeds could still make it.
+    records = [r for r in records if r["seed"] != allowed]
+    summary = runs.summarize(records, "confirmation")
+    assert summary["pairs"]["mbv2-r8"]["verdict"]["out_of_reach"] == []
+    assert "Already decided" not in runs.markdown(summary, "confirmation")

@@ -259,6 +259,13 @@ CONFIRMATION = {
     "ablations": {"mbv2-r8": ("sakd_no_branch", "sakd_no_alignment")},
 }
 
+#: Issue #9's rule: SAKD wins on a pair when, against each baseline, the
+#: paired mean difference is >= `margin` points with one-sided p < `p` and
+#: at least `wins` of the planned seeds are positive, and its mean is above
+#: each of its own ablations.
+WIN_RULE = {"baselines": ("kd", "fitnet", "crd"), "margin": 0.5, "p": 0.05,
+            "wins": 4}
+
 #: After the confirmation: new designs on the confirmation's settings (10
 #: epochs, the same seeds, so the same initial students and data streams),
 #: scored on *validation only* (no test image is read) and compared, paired,

@@ -485,20 +485,31 @@ def completeness(records, stage):
 
 
 def win_verdict(comparisons, pair):
-    """Issue #9's rule: SAKD wins when it is >= 0.5 points above each of
-    KD, FitNet and CRD with p < 0.05 and >= 4/5 seeds positive, and above
-    its own ablations."""
-    reasons = []
+    """Issue #9's rule (`spec.WIN_RULE`) applied to one pair's paired
+    comparisons.
+
+    Returns `{"wins", "reasons", "out_of_reach"}`. `out_of_reach` names the
+    baselines against which SAKD is already not positive on more seeds
+    than the rule allows out of the planned ones: the rule cannot be met
+    whatever the missing seeds give, so a partial table is already
+    decided against a win. (Means and p-values of a partial table decide
+    nothing, so only the seed count is used for this.)
+    """
+    rule = spec.WIN_RULE
+    planned = len(spec.CONFIRMATION["seeds"])
+    reasons, out_of_reach = [], []
     ok = True
-    for arm in ("kd", "fitnet", "crd"):
+    for arm in rule["baselines"]:
         c = comparisons.get(arm)
         if c is None:
             reasons.append(f"{arm}: not run")
             ok = False
             continue
-        good = (c["mean_diff"] >= 0.5 and c["p"] < 0.05
-                and c["wins"] >= 4 and c["n"] >= 5)
+        good = (c["mean_diff"] >= rule["margin"] and c["p"] < rule["p"]
+                and c["wins"] >= rule["wins"] and c["n"] >= planned)
         ok &= good
+        if c["n"] - c["wins"] > planned - rule["wins"]:
+            out_of_reach.append(arm)
         reasons.append(f"{arm}: {c['mean_diff']:+.2f}, p={c['p']:.3f}, "
                        f"{c['wins']}/{c['n']} {'ok' if good else 'no'}")
     for arm in spec.CONFIRMATION["ablations"].get(pair, ()):
@@ -509,7 +520,8 @@ def win_verdict(comparisons, pair):
         ok &= good
         reasons.append(f"{arm}: {c['mean_diff']:+.2f} "
                        f"{'ok' if good else 'no'}")
-    return {"wins": bool(ok), "reasons": reasons}
+    return {"wins": bool(ok), "reasons": reasons,
+            "out_of_reach": out_of_reach}
 
 
 def markdown(summary, stage):
@@ -559,6 +571,19 @@ def markdown(summary, stage):
             lines.append(f"Verdict ({pair}): SAKD "
                          f"{'WINS' if v['wins'] else 'does not win'} by the "
                          "issue's rule — " + "; ".join(v["reasons"]) + ".")
+            if v.get("out_of_reach") and done:
+                need = spec.WIN_RULE["wins"]
+                planned = len(spec.CONFIRMATION["seeds"])
+                cmp = data["comparisons"]
+                against = ", ".join(
+                    f"{arm} ({cmp[arm]['n'] - cmp[arm]['wins']} seeds not "
+                    "positive)" for arm in v["out_of_reach"])
+                lines.append("")
+                lines.append(
+                    f"Already decided ({pair}): SAKD cannot win by the rule "
+                    f"whatever the missing seeds give: it needs {need} of "
+                    f"{planned} seeds positive against each baseline, and "
+                    f"against {against} that is out of reach.")
         lines.append("")
     return "\n".join(lines)
 
