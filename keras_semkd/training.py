@@ -728,6 +728,7 @@ class Runner:
         self.resume_from = None
         self._source = None
         self.resumed_from = None
+        self.resumed_at = None
         if resume_from is not None:
             self.resume_from = os.fspath(resume_from)
             self._source = state_files(self.resume_from)
@@ -1086,6 +1087,9 @@ class Runner:
         if (epoch or step) and source == own:
             logging.info("Resuming %s at epoch %d, step %d.", self.run_dir,
                          epoch, step)
+        # Where this process started (None: from scratch).
+        self.resumed_at = ({"epoch": epoch, "step": step}
+                           if epoch or step else None)
         started = time.time()
         tb = os.path.join(self.run_dir, "tensorboard")
         for e in range(epoch, self.recipe.epochs):
@@ -1119,6 +1123,9 @@ class Runner:
             row = {k: float(v[-1]) for k, v in hist.history.items()}
             row["epoch"] = e + 1
             row["seconds"] = time.time() - epoch_start
+            # The steps `seconds` covers: fewer than an epoch's when the
+            # epoch was resumed mid-way.
+            row["steps"] = self.steps_per_epoch - first
             row["learning_rate"] = float(keras.ops.convert_to_numpy(
                 self.model.optimizer.learning_rate))
             self.history.append(row)
@@ -1170,6 +1177,7 @@ class Runner:
             "eval": self.eval_info.split_record(),
             "data": _info_dict(self.train_info),
             "resumed_from": self.resumed_from,
+            "resumed_at": self.resumed_at,
             "seconds_this_session": seconds,
         }
         if self.chief:

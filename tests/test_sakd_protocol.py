@@ -326,3 +326,18 @@ def test_a_partial_table_says_when_the_rule_is_already_out_of_reach():
     summary = runs.summarize(records, "confirmation")
     assert summary["pairs"]["mbv2-r8"]["verdict"]["out_of_reach"] == []
     assert "Already decided" not in runs.markdown(summary, "confirmation")
+
+
+def test_seconds_per_epoch_leaves_out_epochs_resumed_mid_way():
+    whole = _line(arm="kd", seed=0, steps_per_epoch=100,
+                  epoch_s=[100.0, 110.0], epoch_steps=[100, 100])
+    resumed = _line(arm="kd", seed=1, steps_per_epoch=100,
+                    epoch_s=[120.0, 10.0], epoch_steps=[100, 8])
+    older = _line(arm="kd", seed=2, epoch_s=[90.0, 30.0])  # no epoch_steps
+    assert runs._full_epoch_seconds(whole) == 105.0
+    assert runs._full_epoch_seconds(resumed) == 120.0
+    assert runs._full_epoch_seconds(older) == 60.0
+    assert runs._full_epoch_seconds(_line(arm="kd")) is None
+    summary = runs.summarize([whole, resumed, older], "confirmation")
+    assert summary["pairs"]["mbv2-r8"]["arms"]["kd"][
+        "seconds_per_epoch"] == 105.0

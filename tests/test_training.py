@@ -71,12 +71,20 @@ def teacher_path(tmp_path_factory):
     return path
 
 
-def _history(run_dir):
+def _history(run_dir, timing=False):
     with open(os.path.join(run_dir, "history.csv")) as f:
         rows = list(csv.DictReader(f))
+    if timing:
+        return [(int(r["steps"]), float(r["seconds"])) for r in rows]
     for r in rows:
         r.pop("seconds")
+        r.pop("steps")
     return rows
+
+
+def _report(run_dir):
+    with open(os.path.join(run_dir, "report.json")) as f:
+        return json.load(f)
 
 
 def _weights(run_dir):
@@ -107,9 +115,14 @@ def test_killed_run_resumes_to_the_same_weights_and_metrics(
     for name in ("config.json", "report.json", "history.csv",
                  "checkpoints/best.weights.h5", "tensorboard"):
         assert os.path.exists(os.path.join(killed, name)), name
-    with open(os.path.join(killed, "report.json")) as f:
-        report = json.load(f)
+    report = _report(killed)
     assert report["epochs_done"] == 2
+    # The resumed epoch's seconds cover only the steps run after the kill,
+    # and the report says where this process started.
+    assert [n for n, _ in _history(killed, timing=True)] == [8, 4]
+    assert [n for n, _ in _history(full, timing=True)] == [8, 8]
+    assert report["resumed_at"] == {"epoch": 1, "step": 4}
+    assert _report(full)["resumed_at"] is None
     assert report["last"]["top1"] is not None
     assert report["best_top1"] >= report["last"]["top1"]
 

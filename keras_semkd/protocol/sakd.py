@@ -395,8 +395,11 @@ def run_job(job, options):
         "val_top1": 100.0 * report["last"]["top1"],
         "val_top1_best": 100.0 * report["best_top1"],
         "test_top1": test_top1,
+        # This process's time: less than the run's when it was resumed.
         "wall_s": round(time.time() - started, 1),
+        "resumed_at": report["resumed_at"],
         "epoch_s": [round(h["seconds"], 1) for h in report["history"]],
+        "epoch_steps": [h.get("steps") for h in report["history"]],
         "val_curve": [round(100.0 * h["val_top1"], 2)
                       for h in report["history"]],
         "git_commit": core.git_commit(), "date": core.utc_now(),
@@ -416,6 +419,18 @@ def _by_arm(records, pair, metric):
     return out
 
 
+def _full_epoch_seconds(record):
+    """Mean seconds of the record's whole epochs: an epoch resumed mid-way
+    times only its remaining steps, so it is left out where the line says
+    so (`epoch_steps`, recorded since 2026-12-06; older lines count every
+    epoch, and the per-arm median over runs damps them)."""
+    secs = record.get("epoch_s") or []
+    steps = record.get("epoch_steps") or [None] * len(secs)
+    full = [s for s, n in zip(secs, steps)
+            if n is None or n == record.get("steps_per_epoch", n)]
+    return float(np.mean(full)) if full else None
+
+
 def summarize(records, stage):
     """Per pair: arm statistics and SAKD's paired comparisons.
 
@@ -432,9 +447,9 @@ def summarize(records, stage):
         for arm, seeds in arms.items():
             m, s = core.mean_std(list(seeds.values()))
             vm, vs = core.mean_std(list(vals.get(arm, {}).values()) or [0])
-            secs = [np.mean(r["epoch_s"]) for r in records
-                    if r["pair"] == pair and r["arm"] == arm
-                    and r.get("epoch_s")]
+            secs = [_full_epoch_seconds(r) for r in records
+                    if r["pair"] == pair and r["arm"] == arm]
+            secs = [x for x in secs if x is not None]
             rows[arm] = {"n": len(seeds), "mean": m, "std": s,
                          "val_mean": vm, "val_std": vs,
                          "seconds_per_epoch": float(np.median(secs))
