@@ -150,8 +150,10 @@ def test_a_partial_table_says_so_and_a_complete_one_does_not():
     assert done["recorded"] == len(records) - len(pairs)
     assert done["min_seeds"] == len(seeds) - 1
     text = runs.markdown(summary, "confirmation")
-    assert text.startswith(f"**Partial: {done['recorded']} of the "
-                           f"{len(records)} planned runs are recorded.**")
+    assert text.startswith(
+        f"**Partial: {done['recorded']} of the {len(records)} planned runs "
+        f"are recorded** (the least-run arm has {len(seeds) - 1} of "
+        f"{len(seeds)} seeds).")
 
 
 def test_every_recipe_of_the_plans_resolves():

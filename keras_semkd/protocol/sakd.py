@@ -546,7 +546,9 @@ def markdown(summary, stage):
     if done:
         lines.append(
             f"**Partial: {done['recorded']} of the {done['planned']} planned "
-            "runs are recorded.** Means, paired differences, p-values and "
+            "runs are recorded** (the least-run arm has "
+            f"{done['min_seeds']} of {len(stage_plan(stage)[2])} seeds). "
+            "Means, paired differences, p-values and "
             "wins cover only the seeds recorded so far; "
             + ("the verdict applies the rule (which needs 5 seeds) to them "
                "and is not the protocol's result."
