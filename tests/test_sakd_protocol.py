@@ -343,3 +343,26 @@ def test_seconds_per_epoch_leaves_out_epochs_resumed_mid_way():
     summary = runs.summarize([whole, resumed, older], "confirmation")
     assert summary["pairs"]["mbv2-r8"]["arms"]["kd"][
         "seconds_per_epoch"] == 105.0
+
+
+def test_curves_pair_seeds_per_epoch_and_plot(tmp_path):
+    records = [
+        _line(arm="sakd", seed=0, val_curve=[20.0, 30.0, 40.0]),
+        _line(arm="sakd", seed=1, val_curve=[22.0, 32.0, 42.0]),
+        _line(arm="kd", seed=0, val_curve=[10.0, 25.0, 41.0]),
+        _line(arm="kd", seed=2, val_curve=[99.0, 99.0, 99.0]),  # unpaired
+        _line(arm="crd", seed=1, val_curve=[12.0, 30.0]),  # shorter
+    ]
+    c = runs.curves(records, "confirmation")["mbv2-r8"]
+    assert c["arms"]["sakd"] == {"epochs": [1, 2, 3],
+                                 "mean": [21.0, 31.0, 41.0], "n": 2}
+    assert c["arms"]["kd"]["n"] == 2
+    # Only seed 0 pairs SAKD with KD: the gap closes from +10 to −1.
+    assert c["diffs"]["kd"] == {"epochs": [1, 2, 3],
+                                "mean": [10.0, 5.0, -1.0], "n": 1}
+    assert c["diffs"]["crd"] == {"epochs": [1, 2], "mean": [10.0, 2.0],
+                                 "n": 1}
+    assert "sakd" not in c["diffs"]
+    path = os.path.join(tmp_path, "curves.png")
+    runs.plot_curves(records, "confirmation", path)
+    assert os.path.getsize(path) > 0

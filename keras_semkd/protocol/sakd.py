@@ -712,6 +712,91 @@ def plot_paired(summary, stage, path):
     plt.close(fig)
 
 
+def curves(records, stage):
+    """Per pair and arm, the validation top-1 after each epoch, and per
+    pair SAKD's paired per-epoch difference to every other arm.
+
+    Returns `{pair: {"arms": {arm: {"epochs", "mean", "n"}}, "diffs":
+    {arm: {"epochs", "mean", "n"}}}}` over the records carrying a
+    `val_curve`; differences pair seeds as the tables do."""
+    out = {}
+    for pair in sorted({r["pair"] for r in records}):
+        by_arm = {}
+        for r in records:
+            if r["pair"] == pair and r.get("val_curve"):
+                by_arm.setdefault(r["arm"], {})[r["seed"]] = np.asarray(
+                    r["val_curve"], dtype="float64")
+        arms = {}
+        for arm, seeds in by_arm.items():
+            length = min(len(c) for c in seeds.values())
+            stack = np.stack([c[:length] for c in seeds.values()])
+            arms[arm] = {"epochs": list(range(1, length + 1)),
+                         "mean": stack.mean(axis=0).tolist(),
+                         "n": len(seeds)}
+        diffs = {}
+        reference = by_arm.get(spec.REFERENCE_ARM if stage == "confirmation"
+                               else base_arm(stage))
+        if reference is not None:
+            for arm, seeds in by_arm.items():
+                common = sorted(set(seeds) & set(reference))
+                if arm == spec.REFERENCE_ARM or not common:
+                    continue
+                length = min(min(len(seeds[s]), len(reference[s]))
+                             for s in common)
+                d = np.stack([reference[s][:length] - seeds[s][:length]
+                              for s in common])
+                diffs[arm] = {"epochs": list(range(1, length + 1)),
+                              "mean": d.mean(axis=0).tolist(),
+                              "n": len(common)}
+        out[pair] = {"arms": arms, "diffs": diffs}
+    return out
+
+
+def plot_curves(records, stage, path, summary=None):
+    """Per pair: the mean validation curve of every arm (top) and SAKD's
+    mean paired per-epoch difference to each arm (bottom). Shows at which
+    epochs a gap opens or closes, which the end-of-run tables cannot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = curves(records, stage)
+    if not data:
+        return
+    tag = _partial_tag(summary) if summary else ""
+    # One color per arm in every panel.
+    names = sorted({arm for c in data.values() for arm in c["arms"]})
+    palette = plt.get_cmap("tab10")
+    colors = {arm: palette(i % 10) for i, arm in enumerate(names)}
+    fig, axes = plt.subplots(2, len(data), figsize=(6.5 * len(data), 7.5),
+                             squeeze=False)
+    for col, (pair, c) in enumerate(data.items()):
+        top, bottom = axes[0][col], axes[1][col]
+        for arm in sorted(c["arms"]):
+            a = c["arms"][arm]
+            top.plot(a["epochs"], a["mean"], marker=".", color=colors[arm],
+                     lw=2.2 if arm == spec.REFERENCE_ARM else 1.2,
+                     label=f"{arm} (n={a['n']})")
+        for arm in sorted(c["diffs"]):
+            d = c["diffs"][arm]
+            bottom.plot(d["epochs"], d["mean"], marker=".",
+                        color=colors[arm], label=f"{arm} (n={d['n']})")
+        bottom.axhline(0.0, color="grey", lw=1)
+        t, s = spec.PAIRS[pair]
+        top.set_title(f"{stage}{tag}: {t} → {s}", fontsize=10)
+        top.set_ylabel("validation top-1 (%), mean over seeds")
+        bottom.set_ylabel(f"{spec.REFERENCE_ARM} − arm, validation "
+                          "(points, paired mean)")
+        bottom.set_xlabel("epoch")
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def report(stage, options, log=print, docs=()):
     """Writes a stage's table, summary and plots from its `runs.jsonl`;
     pastes the table into the marked block of each Markdown file in `docs`
@@ -739,6 +824,9 @@ def report(stage, options, log=print, docs=()):
         json.dump(summary, f, indent=1, default=str)
     plot(summary, stage, os.path.join(out, f"sakd_{stage}.png"))
     plot_paired(summary, stage, os.path.join(out, f"sakd_{stage}_paired.png"))
+    if stage == "confirmation":
+        plot_curves(records, stage,
+                    os.path.join(out, f"sakd_{stage}_curves.png"), summary)
     for doc in docs:
         if paste_table(doc, stage, text):
             log(f"{stage}: table pasted into {doc}")
