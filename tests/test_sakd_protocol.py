@@ -260,6 +260,16 @@ def test_followup_is_validation_only_and_paired_with_the_confirmation(
         same.epochs, same.optimizer, same.data, same.seed)
     assert recipe.student_loss_weight == 1.0
     assert recipe.terms[0] == same.terms[0]
+    # The early-alignment arm is the confirmed SAKD but for the window,
+    # which ends at the schedule's first decay.
+    early = runs.stage_recipe("followup", "mbv2-r8", "sakd_align_early", 0,
+                              options)
+    (sakd_term, *rest), (early_term, *early_rest) = same.terms, early.terms
+    assert early_term.kwargs == {**sakd_term.kwargs,
+                                 "alignment_epochs":
+                                 same.optimizer.milestones[0]}
+    assert (early.student_loss_weight, early_rest, early.optimizer) == (
+        same.student_loss_weight, rest, same.optimizer)
     assert runs.stage_plan("followup")[-1] is False  # no test scoring
     conf = runs.results_file("confirmation", options)
     for seed in range(3):

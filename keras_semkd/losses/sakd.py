@@ -169,7 +169,7 @@ class SAKDLoss(DistillationLoss):
     branch (`semantic="separate"`) or `ḡ_i` the teacher's branch read with
     stop-gradient weights (`semantic="shared"`), the per-example loss is
 
-        L = α · 1/K Σ_k c_k · D(u_S^k, u_T^k)                    alignment
+        L = α · a(e) · 1/K Σ_k c_k · D(u_S^k, u_T^k)             alignment
           + λ · 1/I Σ_i CE(y, g_i(x_T^i))      (co-trained branches only)
           + r(e) · 1/I Σ_i [β · CE(y, h_i(x_S^i))
                           + γ · τ_h² · KL(σ(g_i(x_T^i)/τ_h) ‖ σ(h_i(x_S^i)/τ_h))]
@@ -178,7 +178,9 @@ class SAKDLoss(DistillationLoss):
     vectors, or the stage maps pooled to `pool_grid`; `head_scope`: one
     branch on all stages or one per stage), `c_k = 1` or, with
     `confidence_weighting`, the teacher branch's probability of the true
-    class divided by its mean over the prefit data, and `r(e)` the warm-up.
+    class divided by its mean over the prefit data, `r(e)` the warm-up and
+    `a(e) = [e < E_a]` the alignment's epoch window (`alignment_epochs`;
+    1 in every epoch by default).
 
     **Prefit** (`prefit_steps > 0`): before the first training step the
     teacher branches are fitted on the frozen teacher with their own Adam
@@ -232,6 +234,9 @@ class SAKDLoss(DistillationLoss):
         semantic_kd_weight: `γ`.
         head_temperature: `τ_h`.
         warmup_epochs: `E_w` of `r(e) = min(1, e / E_w)`; 0: no warm-up.
+        alignment_epochs: `E_a`: the alignment term is applied in epochs
+            `e < E_a` (0-based, as the `Distiller` counts them) and is zero
+            from epoch `E_a` on; 0: in every epoch.
         prefit_steps: batches to fit the teacher branches on before
             training (0: co-trained instead).
         prefit_learning_rate: Adam learning rate of the prefit.
@@ -262,6 +267,7 @@ class SAKDLoss(DistillationLoss):
         semantic_kd_weight=0.1,
         head_temperature=4.0,
         warmup_epochs=0,
+        alignment_epochs=0,
         prefit_steps=1000,
         prefit_learning_rate=1e-3,
         confidence_weighting=False,
@@ -361,6 +367,8 @@ class SAKDLoss(DistillationLoss):
                 f"Received: warmup_epochs={warmup_epochs!r}"
             )
         self.warmup_epochs = int(warmup_epochs)
+        self.alignment_epochs = _check_int("alignment_epochs",
+                                           alignment_epochs, 0)
         self.prefit_steps = _check_int("prefit_steps", prefit_steps, 0)
         try:
             prefit_learning_rate = float(prefit_learning_rate)
@@ -714,9 +722,14 @@ class SAKDLoss(DistillationLoss):
                              if k in g][0]
                     d = d * confidence[group]
                 dist.append(d)
-            terms["alignment"] = self.alignment_weight * ops.mean(
+            alignment = self.alignment_weight * ops.mean(
                 ops.stack(dist, axis=0), axis=0
             )
+            if self.alignment_epochs > 0:
+                alignment = alignment * ops.cast(
+                    ops.convert_to_tensor(self.current_epoch)
+                    < float(self.alignment_epochs), alignment.dtype)
+            terms["alignment"] = alignment
         if not terms:
             ref = student[0]
             terms["alignment"] = ops.zeros_like(
@@ -757,6 +770,7 @@ class SAKDLoss(DistillationLoss):
                 "semantic_kd_weight": self.semantic_kd_weight,
                 "head_temperature": self.head_temperature,
                 "warmup_epochs": self.warmup_epochs,
+                "alignment_epochs": self.alignment_epochs,
                 "prefit_steps": self.prefit_steps,
                 "prefit_learning_rate": self.prefit_learning_rate,
                 "confidence_weighting": self.confidence_weighting,

@@ -241,6 +241,24 @@ def test_warmup_ramp():
                                    atol=1e-7)
 
 
+def test_alignment_epoch_window():
+    loss = make_loss(alignment_epochs=2)
+    teacher, student = features(T_SHAPES, 6), features(S_SHAPES, 7)
+    full = make_loss()
+    want = {k: np.asarray(v) for k, v in full.compute_terms(
+        teacher, student, labels=LABELS).items()}
+    assert float(want["alignment"].max()) > 0
+    for epoch, factor in [(0, 1.0), (1, 1.0), (2, 0.0), (7, 0.0)]:
+        loss.set_epoch(epoch)
+        got = loss.compute_terms(teacher, student, labels=LABELS)
+        np.testing.assert_allclose(np.asarray(got["alignment"]),
+                                   factor * want["alignment"], rtol=1e-5,
+                                   atol=1e-7)
+        # The branch terms are not windowed.
+        np.testing.assert_allclose(np.asarray(got["guidance"]),
+                                   want["guidance"], rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_low_precision_features(dtype):
     loss = make_loss()
@@ -264,7 +282,8 @@ def test_registered_and_config_round_trip():
                 "alignment_weight", "semantic", "head_scope", "head_input",
                 "num_classes", "head_hidden_units", "head_weight",
                 "semantic_ce_weight", "semantic_kd_weight",
-                "head_temperature", "warmup_epochs", "teacher_keys",
+                "head_temperature", "warmup_epochs", "alignment_epochs",
+                "teacher_keys",
                 "student_keys"):
         assert key in config, key
         value = getattr(loss, key)
@@ -294,6 +313,7 @@ def test_num_classes_read_from_logits():
      ({"alignment_weight": -1}, "alignment_weight=-1"),
      ({"head_temperature": 0}, "head_temperature=0"),
      ({"warmup_epochs": -1}, "warmup_epochs=-1"),
+     ({"alignment_epochs": 1.5}, "alignment_epochs=1.5"),
      ({"num_classes": 0}, "num_classes=0"),
      ({"temperature": -0.1}, "temperature=-0.1"),
      ({"teacher_keys": ("a", "b"), "student_keys": ("a",)}, "same length")],
