@@ -11,6 +11,18 @@ batches, at the start and again after `--train_steps` training steps:
 
 Writes `results/sakd_gradients/<pair>.json` (one entry per arm) and prints
 a Markdown table.
+
+With `--run_dirs`, measures instead at the state of finished (or
+interrupted) runs, e.g. the confirmation's, as they stand at their last
+step (no training):
+
+    python experiments/sakd_gradients.py --pair=mbv2-r8 \
+        --run_dirs=runs/sakd_protocol/confirmation/mbv2-r8/sakd/seed3
+
+Each is recorded under its arm (`--arms`, one per run dir; by default
+the directory above `seed<N>`) as `"end of run, seed <seed>"`. Besides
+the cosine with KD (`cos_ref`), every row has the cosine with the
+student's CE gradient (`cos_student_loss`).
 """
 
 import json
@@ -29,6 +41,9 @@ flags.DEFINE_integer("seed", 0, "Seed.")
 flags.DEFINE_string("teacher_weights", None,
                     "Teacher weights (default: the protocol's shipped file).")
 flags.DEFINE_string("data_dir", None, "CIFAR-100 location.")
+flags.DEFINE_list("run_dirs", [],
+                  "Run directories to measure at their saved state instead "
+                  "of building fresh arms.")
 flags.DEFINE_string("output", None,
                     "JSON output (default results/sakd_gradients/<pair>.json)")
 
@@ -62,6 +77,27 @@ def measure(pair, arm):
     return out
 
 
+def measure_run(run_dir):
+    """`(seed, report)` at the saved state of `run_dir`."""
+    import keras
+
+    from keras_semkd import configs
+    from keras_semkd import training
+    from keras_semkd.protocol import gradients
+
+    with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
+        recipe = configs.Recipe.from_json(f.read())
+    runner = training.Runner(recipe, run_dir, data_dir=FLAGS.data_dir)
+    model = runner.restore()
+    keras.utils.set_random_seed(FLAGS.seed)
+    train_ds, _, _, _, _ = training.load_data(recipe, FLAGS.data_dir)
+    epochs = len(runner.history)
+    print(f"{run_dir}: {recipe.name}, seed {recipe.seed}, after {epochs} "
+          "epochs")
+    return recipe.seed, gradients.gradient_report(model, train_ds,
+                                                  FLAGS.batches)
+
+
 def main(argv):
     del argv
     path = FLAGS.output or os.path.join("results", "sakd_gradients",
@@ -70,19 +106,40 @@ def main(argv):
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             results = json.load(f)
-    for arm in FLAGS.arms:
-        results[arm] = measure(FLAGS.pair, arm)
+    if FLAGS.run_dirs:
+        given = FLAGS["arms"].present
+        if given and len(FLAGS.arms) != len(FLAGS.run_dirs):
+            raise app.UsageError("--arms names one arm per --run_dirs entry.")
+        # Default arm: the protocol layout's .../<arm>/seed<N>.
+        arms = FLAGS.arms if given else [
+            os.path.basename(os.path.dirname(os.path.normpath(d)))
+            for d in FLAGS.run_dirs]
+        jobs = [(arm, lambda d=d: measure_run(d))
+                for arm, d in zip(arms, FLAGS.run_dirs)]
+    else:
+        jobs = [(arm, lambda a=arm: measure(FLAGS.pair, a))
+                for arm in FLAGS.arms]
+    shown = []
+    for arm, job in jobs:
+        out = job()
+        if FLAGS.run_dirs:
+            seed, rows = out
+            out = {f"end of run, seed {seed}": rows}
+        results.setdefault(arm, {}).update(out)
+        shown.append((arm, list(out)))
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1, sort_keys=True)
-    for arm in FLAGS.arms:
-        for when, rows in results[arm].items():
+    for arm, whens in shown:
+        for when in whens:
+            rows = results[arm][when]
             print(f"\n{FLAGS.pair} / {arm} / {when}\n")
-            print("| term | gradient norm | cos with KD |")
-            print("|---|---|---|")
+            print("| term | gradient norm | cos with KD | cos with CE |")
+            print("|---|---|---|---|")
             for name, r in sorted(rows.items()):
                 print(f"| {name} | {r['norm']:.3f} ± {r['norm_std']:.3f} | "
-                      f"{r['cos_ref']:+.3f} |")
+                      f"{r['cos_ref']:+.3f} | "
+                      f"{r.get('cos_student_loss', float('nan')):+.3f} |")
 
 
 if __name__ == "__main__":

@@ -1023,6 +1023,26 @@ class Runner:
             f"step {step}; nothing non-finite was written. {where}"
         )
 
+    def restore(self):
+        """Builds the models and loads this run directory's latest state,
+        without training: for measuring a finished or interrupted run (its
+        gradients, its predictions) exactly as it stands.
+
+        Returns the compiled `Distiller`; `self.student` is its student.
+        Raises `FileNotFoundError` when the directory holds no state and
+        `ValueError` when its config differs from this recipe.
+        """
+        if not self._has_state():
+            raise FileNotFoundError(
+                f"{self.run_dir!r} holds no training state to restore.")
+        self._check_config()
+        self._build()
+        meta, _ = self._load_state(
+            (self.run_dir, self.state_path, self.meta_path))
+        self.best_top1 = meta.get("best_top1")
+        self.history = meta.get("history", [])
+        return self.model
+
     # -- the loop ------------------------------------------------------------
     def run(self, verbose=1, callbacks=None):
         """Trains to `recipe.epochs`, resuming from the run directory (or,

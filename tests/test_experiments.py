@@ -82,3 +82,34 @@ def test_main_job_falls_back_to_generated_data_then_evaluates(tmp_path):
     assert evaluation["is_generated"] is True
     assert len(evaluation["per_class"]) == 10
     assert (run_dir / "confusion_test.png").exists()
+
+
+def test_sakd_gradients_measures_a_saved_run(tmp_path):
+    """`sakd_gradients.py --run_dirs` reads a run's config and saved state
+    and reports every term's gradient without training it."""
+    from keras_semkd import configs
+    from keras_semkd import models
+    from keras_semkd import training
+
+    keras.utils.set_random_seed(0)
+    teacher = str(tmp_path / "t.weights.h5")
+    models.get("resnet8", num_classes=10).save_weights(teacher)
+    recipe = configs.Recipe(
+        name="grad", teacher="resnet8", student="resnet8",
+        terms=configs.METHODS["kd"][1], student_loss_weight=0.1, epochs=1,
+        data=configs.DataConfig(dataset="synthetic", batch_size=16,
+                                limit_train=32, limit_eval=16),
+        num_classes=10, seed=4, teacher_weights=teacher)
+    run_dir = tmp_path / "kd" / "seed4"
+    training.Runner(recipe, str(run_dir)).run(verbose=0)
+    state = (run_dir / "state.npz").read_bytes()
+    output = tmp_path / "grads.json"
+    out = _script("sakd_gradients.py", f"--run_dirs={run_dir}",
+                  "--batches=2", f"--output={output}", "--pair=r20-r8")
+    assert "r20-r8 / kd / end of run, seed 4" in out
+    rows = json.loads(output.read_text())["kd"]["end of run, seed 4"]
+    assert set(rows) == {"kd", "student_loss"}
+    assert rows["kd"]["cos_ref"] == pytest.approx(1.0)
+    assert rows["student_loss"]["cos_student_loss"] == pytest.approx(1.0)
+    assert rows["kd"]["norm"] > 0
+    assert (run_dir / "state.npz").read_bytes() == state  # not trained

@@ -127,6 +127,38 @@ def test_killed_run_resumes_to_the_same_weights_and_metrics(
     assert report["best_top1"] >= report["last"]["top1"]
 
 
+def test_restore_loads_a_finished_run_without_training(tmp_path,
+                                                       teacher_path):
+    import dataclasses
+
+    from keras_semkd import configs, training
+
+    recipe = configs.Recipe(
+        name="restore", teacher="resnet8", student="resnet8",
+        terms=configs.METHODS["kd"][1], student_loss_weight=0.1, epochs=1,
+        data=configs.DataConfig(dataset="synthetic", batch_size=32,
+                                limit_train=64, limit_eval=32),
+        num_classes=10, seed=5, teacher_weights=teacher_path)
+    run_dir = str(tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match="no training state"):
+        training.Runner(recipe, run_dir).restore()
+    trained = training.Runner(recipe, run_dir)
+    trained.run(verbose=0)
+    want = [np.array(w) for w in trained.student.weights]
+    history = list(trained.history)
+    restored = training.Runner(recipe, run_dir)
+    distiller = restored.restore()
+    assert distiller.student is restored.student
+    for a, b in zip(restored.student.weights, want):
+        np.testing.assert_array_equal(np.array(a), b)
+    assert restored.history == history
+    # Nothing was trained or rewritten: the state is the one on disk.
+    assert _report(run_dir)["epochs_done"] == 1
+    other = dataclasses.replace(recipe, seed=6)
+    with pytest.raises(training.ConfigMismatchError, match="seed"):
+        training.Runner(other, run_dir).restore()
+
+
 def test_nan_loss_stops_with_a_clear_message_and_keeps_good_state(
         tmp_path, teacher_path):
     run_dir = str(tmp_path / "nan")

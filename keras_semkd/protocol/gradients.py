@@ -56,25 +56,32 @@ def term_gradients(distiller, x, y):
     return out
 
 
-def gradient_report(distiller, dataset, batches=10, reference="kd"):
+def gradient_report(distiller, dataset, batches=10, reference="kd",
+                    also=("student_loss",)):
     """Mean gradient norm of each term and its cosine with `reference`'s
-    gradient over `batches` batches of `dataset` (no update is applied).
+    gradient (and with each term named in `also`) over `batches` batches of
+    `dataset` (no update is applied).
 
     Returns:
-        `{name: {"norm": mean, "norm_std": std, "cos_ref": mean cosine}}`.
+        `{name: {"norm": mean, "norm_std": std, "cos_ref": mean cosine with
+        reference, "cos_<other>": mean cosine with each of also}}`.
     """
     norms, cosines = {}, {}
+    against = {"ref": reference, **{a: a for a in also}}
     for x, y in dataset.take(batches):
-        grads = term_gradients(distiller, x, y)
-        ref = grads.get(reference)
+        grads = {k: np.asarray(v, dtype="float64")
+                 for k, v in term_gradients(distiller, x, y).items()}
         for name, g in grads.items():
-            g = np.asarray(g, dtype="float64")
             norms.setdefault(name, []).append(float(np.linalg.norm(g)))
-            if ref is not None:
-                r = np.asarray(ref, dtype="float64")
+            for key, other in against.items():
+                r = grads.get(other)
+                if r is None:
+                    continue
                 denom = np.linalg.norm(g) * np.linalg.norm(r)
-                cosines.setdefault(name, []).append(
+                cosines.setdefault((name, key), []).append(
                     float(g @ r / denom) if denom > 0 else float("nan"))
     return {name: {"norm": float(np.mean(v)), "norm_std": float(np.std(v)),
-                   "cos_ref": float(np.mean(cosines.get(name, [np.nan])))}
+                   **{f"cos_{key}": float(np.mean(
+                       cosines.get((name, key), [np.nan])))
+                      for key in against}}
             for name, v in norms.items()}
