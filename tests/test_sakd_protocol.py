@@ -363,7 +363,7 @@ def test_curves_pair_seeds_per_epoch_and_plot(tmp_path):
         _line(arm="kd", seed=2, val_curve=[99.0, 99.0, 99.0]),  # unpaired
         _line(arm="crd", seed=1, val_curve=[12.0, 30.0]),  # shorter
     ]
-    c = runs.curves(records, "confirmation")["mbv2-r8"]
+    c = runs.curves(records)["mbv2-r8"]
     assert c["arms"]["sakd"] == {"epochs": [1, 2, 3],
                                  "mean": [21.0, 31.0, 41.0], "n": 2}
     assert c["arms"]["kd"]["n"] == 2

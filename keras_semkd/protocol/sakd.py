@@ -712,9 +712,10 @@ def plot_paired(summary, stage, path):
     plt.close(fig)
 
 
-def curves(records, stage):
+def curves(records):
     """Per pair and arm, the validation top-1 after each epoch, and per
-    pair SAKD's paired per-epoch difference to every other arm.
+    pair SAKD's (`spec.REFERENCE_ARM`) paired per-epoch difference to
+    every other arm.
 
     Returns `{pair: {"arms": {arm: {"epochs", "mean", "n"}}, "diffs":
     {arm: {"epochs", "mean", "n"}}}}` over the records carrying a
@@ -734,8 +735,7 @@ def curves(records, stage):
                          "mean": stack.mean(axis=0).tolist(),
                          "n": len(seeds)}
         diffs = {}
-        reference = by_arm.get(spec.REFERENCE_ARM if stage == "confirmation"
-                               else base_arm(stage))
+        reference = by_arm.get(spec.REFERENCE_ARM)
         if reference is not None:
             for arm, seeds in by_arm.items():
                 common = sorted(set(seeds) & set(reference))
@@ -761,7 +761,7 @@ def plot_curves(records, stage, path, summary=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = curves(records, stage)
+    data = curves(records)
     if not data:
         return
     tag = _partial_tag(summary) if summary else ""
