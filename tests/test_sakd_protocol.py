@@ -376,3 +376,22 @@ def test_curves_pair_seeds_per_epoch_and_plot(tmp_path):
     path = os.path.join(tmp_path, "curves.png")
     runs.plot_curves(records, "confirmation", path)
     assert os.path.getsize(path) > 0
+
+
+def test_a_complete_pair_in_a_partial_table_is_called_final():
+    pairs, arms, seeds, _, _, _ = runs.stage_plan("confirmation")
+    value = {"crd": 42.0, "sakd": 41.0}
+    records = [_line(pair="mbv2-r8", arm=a, seed=s,
+                     test_top1=value.get(a, 40.0))
+               for a in arms["mbv2-r8"] for s in seeds]
+    # r20-r8 lacks its last seed and trails CRD on the others.
+    records += [_line(pair="r20-r8", arm=a, seed=s,
+                      test_top1=value.get(a, 40.0))
+                for a in arms["r20-r8"] for s in seeds[:-1]]
+    text = runs.markdown(runs.summarize(records, "confirmation"),
+                         "confirmation")
+    assert text.startswith("**Partial")
+    assert "Every planned run of mbv2-r8 is recorded" in text
+    assert "Already decided (mbv2-r8)" not in text
+    assert "Every planned run of r20-r8" not in text
+    assert "Already decided (r20-r8)" in text

@@ -588,7 +588,12 @@ def markdown(summary, stage):
             lines.append(f"Verdict ({pair}): SAKD "
                          f"{'WINS' if v['wins'] else 'does not win'} by the "
                          "issue's rule — " + "; ".join(v["reasons"]) + ".")
-            if v.get("out_of_reach") and done:
+            pair_done = _pair_complete(data, pair, stage)
+            if done and pair_done:
+                lines.append("")
+                lines.append(f"Every planned run of {pair} is recorded: "
+                             "its verdict is final.")
+            elif v.get("out_of_reach") and done:
                 need = spec.WIN_RULE["wins"]
                 planned = len(spec.CONFIRMATION["seeds"])
                 cmp = data["comparisons"]
@@ -603,6 +608,14 @@ def markdown(summary, stage):
                     f"against {against} that is out of reach.")
         lines.append("")
     return "\n".join(lines)
+
+
+def _pair_complete(data, pair, stage):
+    """Whether every planned arm of `pair` has every planned seed."""
+    _, arms, seeds, _, _, _ = stage_plan(stage)
+    rows = data["arms"]
+    return all(a in rows and set(rows[a]["per_seed"]) >= set(seeds)
+               for a in arms[pair])
 
 
 def _partial(summary):
