@@ -87,19 +87,14 @@ def test_main_job_falls_back_to_generated_data_then_evaluates(tmp_path):
 def test_sakd_gradients_measures_a_saved_run(tmp_path):
     """`sakd_gradients.py --run_dirs` reads a run's config and saved state
     and reports every term's gradient without training it."""
-    from keras_semkd import configs
     from keras_semkd import models
     from keras_semkd import training
+    from tests.tiny import tiny_kd_recipe
 
     keras.utils.set_random_seed(0)
     teacher = str(tmp_path / "t.weights.h5")
     models.get("resnet8", num_classes=10).save_weights(teacher)
-    recipe = configs.Recipe(
-        name="grad", teacher="resnet8", student="resnet8",
-        terms=configs.METHODS["kd"][1], student_loss_weight=0.1, epochs=1,
-        data=configs.DataConfig(dataset="synthetic", batch_size=16,
-                                limit_train=32, limit_eval=16),
-        num_classes=10, seed=4, teacher_weights=teacher)
+    recipe = tiny_kd_recipe("grad", teacher, seed=4)
     run_dir = tmp_path / "kd" / "seed4"
     training.Runner(recipe, str(run_dir)).run(verbose=0)
     state = (run_dir / "state.npz").read_bytes()

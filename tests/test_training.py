@@ -131,14 +131,11 @@ def test_restore_loads_a_finished_run_without_training(tmp_path,
                                                        teacher_path):
     import dataclasses
 
-    from keras_semkd import configs, training
+    from keras_semkd import training
+    from tests.tiny import tiny_kd_recipe
 
-    recipe = configs.Recipe(
-        name="restore", teacher="resnet8", student="resnet8",
-        terms=configs.METHODS["kd"][1], student_loss_weight=0.1, epochs=1,
-        data=configs.DataConfig(dataset="synthetic", batch_size=32,
-                                limit_train=64, limit_eval=32),
-        num_classes=10, seed=5, teacher_weights=teacher_path)
+    recipe = tiny_kd_recipe("restore", teacher_path, seed=5, batch_size=32,
+                            images=64)
     run_dir = str(tmp_path / "run")
     with pytest.raises(FileNotFoundError, match="no training state"):
         training.Runner(recipe, run_dir).restore()

@@ -35,3 +35,16 @@ def tiny_batch(batch=8, spatial=8, num_classes=5, seed=0):
     x = rng.standard_normal((batch, spatial, spatial, 3)).astype("float32")
     y = rng.integers(0, num_classes, size=(batch,)).astype("int32")
     return x, y
+
+
+def tiny_kd_recipe(name, teacher_weights, seed, batch_size=16, images=32):
+    """A one-epoch resnet8 → resnet8 KD recipe on `images` generated
+    training images (half as many for evaluation)."""
+    from keras_semkd import configs
+
+    return configs.Recipe(
+        name=name, teacher="resnet8", student="resnet8",
+        terms=configs.METHODS["kd"][1], student_loss_weight=0.1, epochs=1,
+        data=configs.DataConfig(dataset="synthetic", batch_size=batch_size,
+                                limit_train=images, limit_eval=images // 2),
+        num_classes=10, seed=seed, teacher_weights=teacher_weights)
