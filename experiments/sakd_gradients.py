@@ -106,6 +106,13 @@ def main(argv):
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             results = json.load(f)
+
+    def save():
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1, sort_keys=True)
+
+    shown = []  # (arm, measurement key) of this invocation
     if FLAGS.run_dirs:
         given = FLAGS["arms"].present
         if given and len(FLAGS.arms) != len(FLAGS.run_dirs):
@@ -114,32 +121,26 @@ def main(argv):
         arms = FLAGS.arms if given else [
             os.path.basename(os.path.dirname(os.path.normpath(d)))
             for d in FLAGS.run_dirs]
-        jobs = [(arm, lambda d=d: measure_run(d))
-                for arm, d in zip(arms, FLAGS.run_dirs)]
+        for arm, run_dir in zip(arms, FLAGS.run_dirs):
+            seed, rows = measure_run(run_dir)
+            when = f"end of run, seed {seed}"
+            results.setdefault(arm, {})[when] = rows
+            shown.append((arm, when))
+            save()
     else:
-        jobs = [(arm, lambda a=arm: measure(FLAGS.pair, a))
-                for arm in FLAGS.arms]
-    shown = []
-    for arm, job in jobs:
-        out = job()
-        if FLAGS.run_dirs:
-            seed, rows = out
-            out = {f"end of run, seed {seed}": rows}
-        results.setdefault(arm, {}).update(out)
-        shown.append((arm, list(out)))
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=1, sort_keys=True)
-    for arm, whens in shown:
-        for when in whens:
-            rows = results[arm][when]
-            print(f"\n{FLAGS.pair} / {arm} / {when}\n")
-            print("| term | gradient norm | cos with KD | cos with CE |")
-            print("|---|---|---|---|")
-            for name, r in sorted(rows.items()):
-                print(f"| {name} | {r['norm']:.3f} ± {r['norm_std']:.3f} | "
-                      f"{r['cos_ref']:+.3f} | "
-                      f"{r.get('cos_student_loss', float('nan')):+.3f} |")
+        for arm in FLAGS.arms:
+            results[arm] = measure(FLAGS.pair, arm)
+            shown += [(arm, when) for when in results[arm]]
+            save()
+    for arm, when in shown:
+        rows = results[arm][when]
+        print(f"\n{FLAGS.pair} / {arm} / {when}\n")
+        print("| term | gradient norm | cos with KD | cos with CE |")
+        print("|---|---|---|---|")
+        for name, r in sorted(rows.items()):
+            print(f"| {name} | {r['norm']:.3f} ± {r['norm_std']:.3f} | "
+                  f"{r['cos_ref']:+.3f} | "
+                  f"{r.get('cos_student_loss', float('nan')):+.3f} |")
 
 
 if __name__ == "__main__":

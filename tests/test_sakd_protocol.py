@@ -141,7 +141,8 @@ def test_a_partial_table_says_so_and_a_complete_one_does_not():
     summary = runs.summarize(records, "confirmation")
     assert summary["completeness"] == {
         "recorded": len(records), "planned": len(records),
-        "min_seeds": len(seeds)}
+        "seeds": len(seeds), "min_seeds": len(seeds),
+        "complete_pairs": list(pairs)}
     assert "Partial" not in runs.markdown(summary, "confirmation")
     dropped = [r for r in records
                if not (r["arm"] == "crd" and r["seed"] == seeds[-1])]
@@ -149,6 +150,7 @@ def test_a_partial_table_says_so_and_a_complete_one_does_not():
     done = summary["completeness"]
     assert done["recorded"] == len(records) - len(pairs)
     assert done["min_seeds"] == len(seeds) - 1
+    assert done["complete_pairs"] == []
     text = runs.markdown(summary, "confirmation")
     assert text.startswith(
         f"**Partial: {done['recorded']} of the {len(records)} planned runs "
@@ -329,14 +331,14 @@ def test_a_partial_table_says_when_the_rule_is_already_out_of_reach():
     summary = runs.summarize(records, "confirmation")
     verdict = summary["pairs"]["mbv2-r8"]["verdict"]
     # Behind CRD on allowed + 1 seeds: 4/5 positive cannot be reached.
-    assert verdict["out_of_reach"] == ["crd"]
+    assert verdict["out_of_reach"] == {"crd": allowed + 1}
     text = runs.markdown(summary, "confirmation")
     assert "Already decided (mbv2-r8)" in text
     assert f"crd ({allowed + 1} seeds not positive)" in text
     # One seed fewer behind CRD: the missing seeds could still make it.
     records = [r for r in records if r["seed"] != allowed]
     summary = runs.summarize(records, "confirmation")
-    assert summary["pairs"]["mbv2-r8"]["verdict"]["out_of_reach"] == []
+    assert summary["pairs"]["mbv2-r8"]["verdict"]["out_of_reach"] == {}
     assert "Already decided" not in runs.markdown(summary, "confirmation")
 
 

@@ -488,31 +488,36 @@ def summarize(records, stage):
 
 def completeness(records, stage):
     """How much of a stage's plan the records hold: `{"recorded",
-    "planned", "min_seeds"}` over the planned (pair, arm, seed) runs."""
+    "planned", "seeds", "min_seeds", "complete_pairs"}` over the planned
+    (pair, arm, seed) runs (`seeds`: planned seeds per arm;
+    `complete_pairs`: the pairs with every planned run recorded)."""
     pairs, arms, seeds, _, _, _ = stage_plan(stage)
     planned = {(p, a, int(s)) for p in pairs for a in arms[p] for s in seeds}
     have = {(r["pair"], r["arm"], int(r["seed"])) for r in records
             if r.get("protocol", f"sakd_{stage}") == f"sakd_{stage}"}
     per_arm = [sum((p, a, int(s)) in have for s in seeds)
                for p in pairs for a in arms[p]]
+    missing = planned - have
     return {"recorded": len(planned & have), "planned": len(planned),
-            "min_seeds": min(per_arm) if per_arm else 0}
+            "seeds": len(seeds), "min_seeds": min(per_arm) if per_arm else 0,
+            "complete_pairs": [p for p in pairs
+                               if not any(m[0] == p for m in missing)]}
 
 
 def win_verdict(comparisons, pair):
     """Issue #9's rule (`spec.WIN_RULE`) applied to one pair's paired
     comparisons.
 
-    Returns `{"wins", "reasons", "out_of_reach"}`. `out_of_reach` names the
+    Returns `{"wins", "reasons", "out_of_reach"}`. `out_of_reach` maps the
     baselines against which SAKD is already not positive on more seeds
-    than the rule allows out of the planned ones: the rule cannot be met
+    than the rule allows out of the planned ones to that count: the rule cannot be met
     whatever the missing seeds give, so a partial table is already
     decided against a win. (Means and p-values of a partial table decide
     nothing, so only the seed count is used for this.)
     """
     rule = spec.WIN_RULE
     planned = len(spec.CONFIRMATION["seeds"])
-    reasons, out_of_reach = [], []
+    reasons, out_of_reach = [], {}
     ok = True
     for arm in rule["baselines"]:
         c = comparisons.get(arm)
@@ -524,7 +529,7 @@ def win_verdict(comparisons, pair):
                 and c["wins"] >= rule["wins"] and c["n"] >= planned)
         ok &= good
         if c["n"] - c["wins"] > planned - rule["wins"]:
-            out_of_reach.append(arm)
+            out_of_reach[arm] = c["n"] - c["wins"]
         reasons.append(f"{arm}: {c['mean_diff']:+.2f}, p={c['p']:.3f}, "
                        f"{c['wins']}/{c['n']} {'ok' if good else 'no'}")
     for arm in spec.CONFIRMATION["ablations"].get(pair, ()):
@@ -547,7 +552,7 @@ def markdown(summary, stage):
         lines.append(
             f"**Partial: {done['recorded']} of the {done['planned']} planned "
             "runs are recorded** (the least-run arm has "
-            f"{done['min_seeds']} of {len(stage_plan(stage)[2])} seeds). "
+            f"{done['min_seeds']} of {done['seeds']} seeds). "
             "Means, paired differences, p-values and "
             "wins cover only the seeds recorded so far; "
             + ("the verdict applies the rule (which needs 5 seeds) to them "
@@ -588,18 +593,16 @@ def markdown(summary, stage):
             lines.append(f"Verdict ({pair}): SAKD "
                          f"{'WINS' if v['wins'] else 'does not win'} by the "
                          "issue's rule — " + "; ".join(v["reasons"]) + ".")
-            pair_done = _pair_complete(data, pair, stage)
-            if done and pair_done:
+            if done and pair in done["complete_pairs"]:
                 lines.append("")
                 lines.append(f"Every planned run of {pair} is recorded: "
                              "its verdict is final.")
             elif v.get("out_of_reach") and done:
                 need = spec.WIN_RULE["wins"]
                 planned = len(spec.CONFIRMATION["seeds"])
-                cmp = data["comparisons"]
                 against = ", ".join(
-                    f"{arm} ({cmp[arm]['n'] - cmp[arm]['wins']} seeds not "
-                    "positive)" for arm in v["out_of_reach"])
+                    f"{arm} ({lost} seeds not positive)"
+                    for arm, lost in v["out_of_reach"].items())
                 lines.append("")
                 lines.append(
                     f"Already decided ({pair}): SAKD cannot win by the rule "
@@ -608,14 +611,6 @@ def markdown(summary, stage):
                     f"against {against} that is out of reach.")
         lines.append("")
     return "\n".join(lines)
-
-
-def _pair_complete(data, pair, stage):
-    """Whether every planned arm of `pair` has every planned seed."""
-    _, arms, seeds, _, _, _ = stage_plan(stage)
-    rows = data["arms"]
-    return all(a in rows and set(rows[a]["per_seed"]) >= set(seeds)
-               for a in arms[pair])
 
 
 def _partial(summary):
