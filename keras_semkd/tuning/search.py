@@ -114,15 +114,34 @@ def _check_resume(path, config):
         )
 
 
+def _trial_order(trial):
+    """Sort key: the order trials were created. keras-tuner pads ids to the
+    width of `max_trials`, which a resume with more trials changes, so "1"
+    and "02" compare as numbers."""
+    tid = str(trial.trial_id)
+    return (int(tid), tid) if tid.isdigit() else (float("inf"), tid)
+
+
 def best_recipe(hypermodel, tuner):
-    """`(values, recipe, score, trial_id)` of the tuner's best trial."""
-    trials = tuner.oracle.get_best_trials(1)
-    if not trials or trials[0].score is None:
+    """`(values, recipe, score, trial_id)` of the tuner's best trial.
+
+    Equal scores are common (top-1 on a small validation set moves in steps
+    of 1/n), and keras-tuner breaks them by the order of `oracle.trials`,
+    which a resumed project reloads differently. Here the earliest trial
+    (smallest `trial_id`) wins a tie, so a resumed search names the same best
+    trial as the run that wrote it.
+    """
+    trials = [t for t in tuner.oracle.trials.values()
+              if t.status == "COMPLETED" and t.score is not None]
+    if not trials:
         raise RuntimeError(
             "No tuning trial finished with a score; see the trials in "
             f"{tuner.project_dir!r}."
         )
-    trial = trials[0]
+    sign = 1.0 if tuner.oracle.objective.direction == "max" else -1.0
+    best = max(sign * float(t.score) for t in trials)
+    trial = min((t for t in trials if sign * float(t.score) == best),
+                key=_trial_order)
     values = hypermodel.overrides(trial.hyperparameters)
     base = hypermodel.base_recipe
     recipe = base.override(name=f"{base.name}-tuned", **values)

@@ -287,11 +287,14 @@ def test_best_recipe_json_round_trips(random_search):
     # Everything not searched is the base recipe's.
     base = random_search["recipe"]
     assert loaded == base.override(name="tiny-kd-tuned", **values)
-    # The best trial is the one keras-tuner scores best.
-    best = result["tuner"].get_best_hyperparameters(1)[0]
-    assert {k: best.values[k] for k in values} == values
-    assert result["score"] == max(
-        t.score for t in result["tuner"].oracle.trials.values())
+    # The best trial is the best-scored one (the earliest among equals).
+    trials = result["tuner"].oracle.trials
+    best = trials[result["trial_id"]]
+    assert {k: best.hyperparameters.values[k] for k in values} == values
+    assert result["score"] == best.score == max(
+        t.score for t in trials.values())
+    assert not any(t.score == best.score and int(t.trial_id) <
+                   int(best.trial_id) for t in trials.values())
 
 
 def test_resume_does_not_redo_finished_trials(random_search, teacher,
@@ -309,6 +312,49 @@ def test_resume_does_not_redo_finished_trials(random_search, teacher,
     finished = {t.trial_id for t in more["tuner"].oracle.trials.values()
                 if t.status == "COMPLETED"}
     assert len(finished) == 3
+
+
+@pytest.mark.parametrize("direction", ["max", "min"])
+def test_best_recipe_breaks_ties_by_trial_order_not_dict_order(teacher,
+                                                               direction):
+    # A resumed project reloads oracle.trials in another order; with equal
+    # scores keras-tuner's own get_best_trials follows that order.
+    hm = DistillationHyperModel(make_recipe(), teacher)
+    hp = keras_tuner.HyperParameters()
+    hm.declare_hyperparameters(hp)
+    scores = {"1": 0.5, "02": 0.25, "03": 0.5, "0": 0.25}
+    if direction == "min":
+        scores = {k: -v for k, v in scores.items()}
+    trials = {}
+    for i, (tid, score) in enumerate(scores.items()):
+        t = keras_tuner.engine.trial.Trial(hp.copy(), trial_id=tid,
+                                           status="COMPLETED")
+        t.hyperparameters.values["terms.kd.weight"] = float(i + 1)
+        t.score = score
+        trials[tid] = t
+    running = keras_tuner.engine.trial.Trial(hp.copy(), trial_id="04",
+                                             status="RUNNING")
+    running.score = None
+    trials["04"] = running
+
+    class Oracle:
+        objective = keras_tuner.Objective("val_top1", direction=direction)
+
+    class Tuner:
+        oracle = Oracle()
+        project_dir = "unused"
+
+    for order in (list(trials), list(reversed(trials))):
+        Tuner.oracle.trials = {k: trials[k] for k in order}
+        values, recipe, score, trial_id = tuning.best_recipe(hm, Tuner)
+        # "1" was created before "03" ("02" is a padded id of trial 2).
+        assert trial_id == "1"
+        assert score == scores["1"]
+        assert values["terms.kd.weight"] == 1.0
+        assert recipe.terms[0].weight == 1.0
+    Tuner.oracle.trials = {"04": running}
+    with pytest.raises(RuntimeError, match="No tuning trial finished"):
+        tuning.best_recipe(hm, Tuner)
 
 
 def test_resume_with_another_search_space_raises(random_search, teacher,
