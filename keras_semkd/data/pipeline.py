@@ -6,15 +6,16 @@ normalizes whole batches in a parallel, order-preserving `map`:
 
 ```
 range(N) -> shuffle(N, seed) -> batch(B) -> zip(random(seed').batch(2))
-         -> map(gather + pad/crop/flip + normalize, AUTOTUNE,
-                deterministic=True) -> prefetch(AUTOTUNE)
+         -> map(gather + pad/crop/flip + normalize, 2 in parallel,
+                deterministic=True) -> prefetch(2)
 ```
 
 Every batch gets a stateless `[2]` seed from `tf.data.Dataset.random`
 (re-randomized each epoch) and the shuffle is seeded, so a fixed `seed`
 reproduces the exact stream of batches, epoch after epoch, for a freshly
 built dataset.  (As with any seeded TF op, `tf.random.set_seed` /
-`keras.utils.set_random_seed` also enters the stream.)
+`keras.utils.set_random_seed` also enters the stream.)  tf.data autotuning
+is off: see `AUTOTUNE_NOTE`.
 """
 
 import dataclasses
@@ -23,6 +24,26 @@ import tensorflow as tf
 
 from keras_semkd.data import augment as augment_lib
 from keras_semkd.data.sources import load_split
+
+
+#: Batches gathered and augmented in parallel, and batches prefetched. The
+#: pipeline delivers ~35,000 augmented images/s on 2 cores (BENCHMARKS.md),
+#: ~100x what a CPU training step consumes, so fixed sizes lose nothing.
+PARALLEL_BATCHES = 2
+PREFETCH_BATCHES = 2
+
+#: Why `get_dataset` turns tf.data autotuning off.
+AUTOTUNE_NOTE = """\
+With autotuning on, every iterator runs a model thread that optimizes after
+10 ms, 20 ms, 40 ms, ... (doubling) and, once the period reaches its 60 s
+cap, every 60 s: at about 82, 142, 202 s after the iterator starts. Deleting
+the iterator (Keras does at the end of every `fit` call, and the Runner calls
+`fit` once per epoch) sometimes blocks until that thread's next wake-up
+(measured with TF 2.21; which code path misses the wake-up we did not pin
+down). In the SAKD confirmation runs, 26 % of epochs ended 10-60 s after
+Keras' own epoch time, at exactly those marks (`epoch_s` of 82.1, 142.1,
+202.1 s). With autotuning off the iterator has no such thread.
+`benchmarks/bench_iterator_teardown.py` measures it."""
 
 
 def _derived_seed(seed, stream):
@@ -164,11 +185,14 @@ def get_dataset(name, split, batch_size, *, data_dir=None, augment=None,
             x, y = gather(indices)
             return augment_lib.normalize(x, norm), y
 
-    ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE,
+    ds = ds.map(transform, num_parallel_calls=PARALLEL_BATCHES,
                 deterministic=True)
-    ds = ds.prefetch(tf.data.AUTOTUNE)
+    ds = ds.prefetch(PREFETCH_BATCHES)
     options = tf.data.Options()
     options.deterministic = True
+    # No autotuning: deleting an autotuned iterator can block until the
+    # autotune thread's next wake-up (up to 60 s; see AUTOTUNE_NOTE).
+    options.autotune.enabled = False
     ds = ds.with_options(options)
 
     info = dataclasses.replace(

@@ -256,3 +256,27 @@ def test_per_epoch_streams_are_fixed_functions_of_seed_and_epoch():
     tail = [x.numpy() for x, _ in ds.skip(3)]
     for x, y in zip(a[3:], tail):
         np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("split,kwargs", [
+    ("train", {"augment": True}),
+    ("train", {"augment": True, "epoch": 3}),
+    ("test", {}),
+    ("train", {"validation_split": 0.2}),
+    ("validation", {"validation_split": 0.2}),
+])
+def test_autotuning_is_off(split, kwargs):
+    # Autotuning's model thread can hold up deleting an iterator by up to
+    # 60 s (pipeline.AUTOTUNE_NOTE): Keras deletes one per fit() call.
+    from keras_semkd.data import pipeline
+
+    ds, info = kd_data.get_dataset("synthetic", split, 32,
+                                   num_examples=160, **kwargs)
+    options = ds.options()
+    assert options.autotune.enabled is False
+    assert options.deterministic is True
+    assert "AUTOTUNE_NOTE" in pipeline.__doc__
+    assert len(list(ds)) == info.num_batches
+    iterator = iter(ds)
+    next(iterator)
+    del iterator  # mid-stream, as at the end of a fit with steps_per_epoch

@@ -1,0 +1,90 @@
+r"""Epochs that ended on a tf.data autotune wake-up, from protocol result lines.
+
+With tf.data autotuning on, an iterator's model thread wakes up 10 ms, 20 ms,
+40 ms, ... after the iterator starts, doubling up to a 60 s period: at
+20.47, 40.95, 81.91 s and then every 60 s (141.91, 201.91, ...). Deleting
+the iterator, which Keras does at the end of every `fit` call (the Runner
+calls `fit` once per epoch), can wait for the next wake-up; the epoch's wall
+time (`epoch_s` in a protocol line) then ends just after one of those marks.
+`keras_semkd.data.pipeline.AUTOTUNE_NOTE` has the story; since the commit
+that wrote it, `get_dataset` turns autotuning off.
+
+For each git commit in the files, this counts the epochs (the first of each
+run left out: it includes tracing) whose `epoch_s` lies within `--window_s`
+after a mark, against the share expected by chance (marks per second of
+the epoch lengths around it, times the window). How long each stall was
+needs Keras' own epoch time, which is in the run logs, not in the lines.
+
+    python benchmarks/epoch_stalls.py \
+        results/sakd_confirmation/runs.jsonl results/sakd_followup/runs.jsonl
+"""
+
+import collections
+import json
+import sys
+
+from absl import app
+from absl import flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_float("offset_s", 0.15,
+                   "Seconds from epoch start to the iterator's start.")
+flags.DEFINE_float("window_s", 0.5, "Width of the window after each mark.")
+
+#: The autotune period's cap: after 81.91 s the wake-ups are this far apart.
+PERIOD_S = 60.0
+
+
+def marks(up_to):
+    """The autotune thread's wake-ups (s after the iterator starts) up to
+    `up_to`, from 20 s on: 20.47, 40.95, 81.91, 141.91, ..."""
+    out = [0.01 * (2 ** k - 1) for k in range(1, 14)]
+    t = out[-1]
+    while t + PERIOD_S <= up_to:
+        t += PERIOD_S
+        out.append(t)
+    return [m for m in out if m >= 20.0]
+
+
+def on_mark(seconds, offset, window):
+    return any(0.0 <= seconds - (m + offset) < window
+               for m in marks(seconds + 1.0))
+
+
+def chance(seconds, window):
+    """The share of a uniform epoch length in [0.5 s, 1.5 s] around
+    `seconds` that would fall in a window: windows per second of range."""
+    lo, hi = max(20.0, 0.7 * seconds), 1.3 * seconds
+    n = sum(1 for m in marks(hi) if lo <= m <= hi)
+    return n * window / (hi - lo)
+
+
+def main(argv):
+    files = argv[1:]
+    if not files:
+        raise SystemExit("usage: epoch_stalls.py RUNS.jsonl [...]")
+    by_commit = collections.defaultdict(lambda: [0, 0, 0.0, set()])
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                r = json.loads(line)
+                if r.get("shared_from"):
+                    continue  # the same run's line, recorded twice
+                c = by_commit[(r.get("git_commit") or "?")[:7]]
+                c[3].add(path)
+                for s in (r.get("epoch_s") or [])[1:]:
+                    c[0] += 1
+                    c[1] += on_mark(s, FLAGS.offset_s, FLAGS.window_s)
+                    c[2] += chance(s, FLAGS.window_s)
+    print("| commit | epochs | on an autotune mark | by chance | files |")
+    print("|---|---|---|---|---|")
+    for commit, (n, hits, expected, paths) in sorted(by_commit.items()):
+        print(f"| {commit} | {n} | {hits} ({100 * hits / n:.1f} %) | "
+              f"{100 * expected / n:.1f} % | {', '.join(sorted(paths))} |")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    app.run(main)
