@@ -52,8 +52,9 @@ def on_mark(seconds, offset, window):
 
 
 def chance(seconds, window):
-    """The share of a uniform epoch length in [0.5 s, 1.5 s] around
-    `seconds` that would fall in a window: windows per second of range."""
+    """The chance that an epoch length spread uniformly over
+    [0.7, 1.3] x `seconds` falls in a window: marks per second of that
+    range times the window."""
     lo, hi = max(20.0, 0.7 * seconds), 1.3 * seconds
     n = sum(1 for m in marks(hi) if lo <= m <= hi)
     return n * window / (hi - lo)
