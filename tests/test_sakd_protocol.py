@@ -397,3 +397,37 @@ def test_a_complete_pair_in_a_partial_table_is_called_final():
     assert "Already decided (mbv2-r8)" not in text
     assert "Every planned run of r20-r8" not in text
     assert "Already decided (r20-r8)" in text
+
+
+def test_a_line_records_the_commit_its_process_started_from(tmp_path,
+                                                            monkeypatch):
+    # A checkout while a run trains (a pool worker keeps the code it
+    # imported) must not relabel its line with the new commit.
+    from keras_semkd import training
+
+    commits = iter(["started-here", "checked-out-later"])
+    monkeypatch.setattr(core, "git_commit", lambda *a: next(commits))
+
+    class FakeRunner:
+        steps_per_epoch = 3
+        student = None
+
+        def __init__(self, recipe, run_dir, **kwargs):
+            self.epochs = recipe.epochs
+
+        def run(self, verbose=0):
+            core.git_commit()  # someone checks out another commit
+            history = [{"seconds": 1.0, "val_top1": 0.25, "steps": 3}
+                       for _ in range(self.epochs)]
+            return {"last": {"top1": 0.25}, "best_top1": 0.25,
+                    "resumed_at": None, "history": history}
+
+    monkeypatch.setattr(training, "Runner", FakeRunner)
+    monkeypatch.setattr(runs, "build_teacher", lambda *a, **k: None)
+    options = runs.Options(results_dir=str(tmp_path),
+                           runs_dir=str(tmp_path / "runs"))
+    runs.run_job("followup:mbv2-r8:sakd_ce1:0", options)
+    (line,) = runs.results_file("followup", options).records()
+    assert line["git_commit"] == "started-here"
+    assert (line["arm"], line["seed"], line["val_top1"]) == (
+        "sakd_ce1", 0, 25.0)

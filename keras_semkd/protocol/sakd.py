@@ -340,6 +340,9 @@ def run_job(job, options):
 
     kind = parse_job(job)
     started = time.time()
+    # The code this process runs is the checkout it started from: a
+    # checkout during the run must not relabel the line.
+    commit = core.git_commit()
     if kind[0] == "teacher":
         model = kind[1]
         recipe = spec.teacher_recipe(model)
@@ -366,7 +369,7 @@ def run_job(job, options):
             "test_top1": test_top1, "test_images": n_test,
             "wall_s": round(time.time() - started, 1),
             "epoch_s": [round(h["seconds"], 1) for h in report["history"]],
-            "git_commit": core.git_commit(), "date": core.utc_now(),
+            "git_commit": commit, "date": core.utc_now(),
             "weights": spec.teacher_weights_path(model), "md5": _md5(path),
             "recipe": recipe.to_dict(),
         })
@@ -402,7 +405,7 @@ def run_job(job, options):
         "epoch_steps": [h.get("steps") for h in report["history"]],
         "val_curve": [round(100.0 * h["val_top1"], 2)
                       for h in report["history"]],
-        "git_commit": core.git_commit(), "date": core.utc_now(),
+        "git_commit": commit, "date": core.utc_now(),
         "recipe": recipe.to_dict(),
     })
     share_pair_free_runs(stage, options)
