@@ -40,10 +40,11 @@ cap, every 60 s: at about 82, 142, 202 s after the iterator starts. Deleting
 the iterator (Keras does at the end of every `fit` call, and the Runner calls
 `fit` once per epoch) sometimes blocks until that thread's next wake-up
 (measured with TF 2.21; which code path misses the wake-up we did not pin
-down). In the SAKD confirmation runs, 26 % of epochs ended 10-60 s after
-Keras' own epoch time, at exactly those marks (`epoch_s` of 82.1, 142.1,
-202.1 s). With autotuning off the iterator has no such thread.
-`benchmarks/bench_iterator_teardown.py` measures it."""
+down). In the SAKD protocol runs, 7-35 % of epochs per commit ended at
+exactly those marks (`epoch_s` of 82.1, 142.1, 202.1 s), 10-60 s after
+Keras' own epoch time. With autotuning off the iterator has no such thread,
+and the runs since show no such stall. `benchmarks/epoch_stalls.py` counts
+them in protocol result lines; docs/method.md §7 (4) has the numbers."""
 
 
 def _derived_seed(seed, stream):

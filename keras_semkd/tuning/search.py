@@ -128,7 +128,7 @@ def best_recipe(hypermodel, tuner):
     Equal scores are common (top-1 on a small validation set moves in steps
     of 1/n), and keras-tuner breaks them by the order of `oracle.trials`,
     which a resumed project reloads differently. Here the earliest trial
-    (smallest `trial_id`) wins a tie, so a resumed search names the same best
+    (smallest numeric `trial_id`) wins a tie, so a resumed search names the same best
     trial as the run that wrote it.
     """
     trials = [t for t in tuner.oracle.trials.values()
