@@ -23,7 +23,7 @@ from absl import flags
 from absl import logging
 
 from keras_semkd import data as kd_data
-from keras_semkd.data import pipeline,F401  (imports TF untimed)
+from keras_semkd.data import pipeline  # noqa: F401  (imports TF untimed)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None,
