@@ -21,6 +21,8 @@ needs Keras' own epoch time, which is in the run logs, not in the lines.
 
 import collections
 import json
+import os
+import re
 import sys
 
 from absl import app
@@ -30,6 +32,13 @@ FLAGS = flags.FLAGS
 flags.DEFINE_float("offset_s", 0.15,
                    "Seconds from epoch start to the iterator's start.")
 flags.DEFINE_float("window_s", 0.5, "Width of the window after each mark.")
+flags.DEFINE_string("logs_dir", None,
+                    "A protocol's run logs (`<stage>_<pair>_<arm>_<seed>.txt`,"
+                    " e.g. runs/sakd_protocol/logs): also compares each "
+                    "epoch_s with Keras' own epoch time in the log.")
+flags.DEFINE_float("stall_s", 10.0,
+                   "With --logs_dir: an epoch this much longer than Keras' "
+                   "time counts as stalled.")
 
 #: The autotune period's cap: after 81.91 s the wake-ups are this far apart.
 PERIOD_S = 60.0
@@ -60,11 +69,28 @@ def chance(seconds, window):
     return n * window / (hi - lo)
 
 
+def keras_epoch_seconds(record, logs_dir):
+    """Keras' own (integer) seconds per epoch from the run's log, or None
+    when the log is missing or does not hold one line per epoch (a resumed
+    run's partial epoch)."""
+    stage = record["protocol"].replace("sakd_", "", 1)
+    path = os.path.join(logs_dir, f"{stage}_{record['pair']}_"
+                        f"{record['arm']}_{record['seed']}.txt")
+    steps = record.get("steps_per_epoch")
+    if not steps or not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        found = [int(x) for x in
+                 re.findall(rf"\b{steps}/{steps} - (\d+)s - ", f.read())]
+    return found if len(found) == len(record.get("epoch_s") or ()) else None
+
+
 def main(argv):
     files = argv[1:]
     if not files:
         raise SystemExit("usage: epoch_stalls.py RUNS.jsonl [...]")
     by_commit = collections.defaultdict(lambda: [0, 0, 0.0, set()])
+    gaps = collections.defaultdict(list)  # commit -> (epoch_s, gap)
     for path in files:
         with open(path, encoding="utf-8") as f:
             for line in f:
@@ -79,11 +105,32 @@ def main(argv):
                     c[0] += 1
                     c[1] += on_mark(s, FLAGS.offset_s, FLAGS.window_s)
                     c[2] += chance(s, FLAGS.window_s)
+                if FLAGS.logs_dir:
+                    keras_s = keras_epoch_seconds(r, FLAGS.logs_dir)
+                    if keras_s is not None:
+                        gaps[(r.get("git_commit") or "?")[:7]].extend(
+                            (s, s - k) for s, k in
+                            zip(r["epoch_s"][1:], keras_s[1:]))
     print("| commit | epochs | on an autotune mark | by chance | files |")
     print("|---|---|---|---|---|")
     for commit, (n, hits, expected, paths) in sorted(by_commit.items()):
         print(f"| {commit} | {n} | {hits} ({100 * hits / n:.1f} %) | "
               f"{100 * expected / n:.1f} % | {', '.join(sorted(paths))} |")
+    if gaps:
+        print(f"\nAgainst Keras' epoch times in {FLAGS.logs_dir} (epochs "
+              f"whose log has one line per epoch; stalled: > "
+              f"{FLAGS.stall_s:g} s longer):\n")
+        print("| commit | epochs | stalled | mean stall (s) | "
+              "share of epoch time |")
+        print("|---|---|---|---|---|")
+        for commit, pairs in sorted(gaps.items()):
+            stalls = [g for _, g in pairs if g > FLAGS.stall_s]
+            total = sum(s for s, _ in pairs)
+            lost = sum(g for _, g in pairs if g > 1.0)
+            mean = f"{sum(stalls) / len(stalls):.0f}" if stalls else "—"
+            print(f"| {commit} | {len(pairs)} | {len(stalls)} "
+                  f"({100 * len(stalls) / len(pairs):.0f} %) | {mean} | "
+                  f"{100 * lost / total:.1f} % |")
     sys.stdout.flush()
 
 
