@@ -27,8 +27,9 @@ from keras_semkd.data.sources import load_split
 
 
 #: Batches gathered and augmented in parallel, and batches prefetched. The
-#: pipeline delivers ~35,000 augmented images/s on 2 cores (BENCHMARKS.md),
-#: ~100x what a CPU training step consumes, so fixed sizes lose nothing.
+#: pipeline delivers ~32,000 augmented images/s on 2 cores with these fixed
+#: sizes (BENCHMARKS.md; ~35,000 autotuned), ~70x what a CPU training step
+#: consumes.
 PARALLEL_BATCHES = 2
 PREFETCH_BATCHES = 2
 
